@@ -1,0 +1,1 @@
+"""Catalog entries, one module per area. Each module exposes ``ENTRIES``."""
