@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
+import string
 from dataclasses import dataclass, field
 
 
@@ -25,8 +26,14 @@ class CatalogEntry:
     """One failure a user can meet, in the catalog's words.
 
     ``message`` is a template: ``{name}`` placeholders are filled from the
-    parameters given when the error is raised. ``causes`` and ``actions`` are in
-    the order a user should consider them.
+    parameters given when the error is raised (the message names every parameter a
+    caller passes; causes and actions may reuse them). ``causes`` and ``actions`` are
+    in the order a user should consider them.
+
+    ``seeds`` names the source documents the condition comes from; ``seed_codes``
+    lists the source's own codes or IDs where they differ from ``code`` (a spelling
+    or a second version). ``doctor_check`` names the ``kluis doctor`` check that
+    detects the condition before a job fails, where there is one.
     """
 
     code: str
@@ -41,7 +48,31 @@ class CatalogEntry:
     seeds: tuple[str, ...] = ()
     area: str = "general"
     anchor: str = field(default="")
+    seed_codes: tuple[str, ...] = ()
+    doctor_check: str = ""
 
     def __post_init__(self) -> None:
         if not self.anchor:
             object.__setattr__(self, "anchor", anchor_for(self.code))
+
+    @property
+    def texts(self) -> tuple[tuple[str, str], ...]:
+        """Every translatable string as ``(field, text)``: title, message, causes, actions."""
+        out: list[tuple[str, str]] = [("title", self.title), ("message", self.message)]
+        out += [(f"causes[{i}]", text) for i, text in enumerate(self.causes)]
+        out += [(f"actions[{i}]", text) for i, text in enumerate(self.actions)]
+        return tuple(out)
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """The parameter names the message template expects, in order of appearance."""
+        return placeholders(self.message)
+
+
+def placeholders(template: str) -> tuple[str, ...]:
+    """The ``{name}`` placeholders of a template, each once, in order of appearance."""
+    seen: dict[str, None] = {}
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is not None and name != "":
+            seen.setdefault(name, None)
+    return tuple(seen)
