@@ -111,7 +111,6 @@ ENTRIES = [
         ),
         http_status=502,
         exit_code=7,
-        seeds=("003",),
         area="connectivity",
         doctor_check="vault-reachable",
     ),

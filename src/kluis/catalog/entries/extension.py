@@ -28,7 +28,7 @@ ENTRIES = [
         ),
         http_status=503,
         exit_code=7,
-        seeds=("000", "002", "004"),
+        seeds=("000", "001", "002", "004"),
         area="extension",
         doctor_check="vault-reachable",
     ),

@@ -100,6 +100,7 @@ ENTRIES = [
         causes=("The folder contains a Unix socket.",),
         actions=("No action needed. Exclude the path to silence this warning.",),
         severity=Severity.INFO,
+        seeds=("003",),
         area="files",
     ),
 ]

@@ -29,6 +29,7 @@ ENTRIES = [
         actions=("Ask a vault administrator to give you the role {needed}, or to do the action for you.",),
         http_status=403,
         exit_code=3,
+        seeds=("003",),
         area="service",
     ),
     CatalogEntry(
@@ -63,7 +64,6 @@ ENTRIES = [
         ),
         http_status=429,
         exit_code=8,
-        seeds=("002",),
         area="service",
     ),
     CatalogEntry(

@@ -131,7 +131,7 @@ ENTRIES = [
         ),
         http_status=504,
         exit_code=9,
-        seeds=("001", "002", "004"),
+        seeds=("000", "001", "002", "004"),
         area="snapshot",
         doctor_check="agent-service",
     ),

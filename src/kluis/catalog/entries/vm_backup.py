@@ -140,7 +140,6 @@ ENTRIES = [
         ),
         http_status=409,
         exit_code=9,
-        seeds=("000",),
         area="vm_backup",
     ),
     CatalogEntry(
