@@ -232,3 +232,16 @@ ENTRIES = [
         area="backup",
     ),
 ]
+
+ENTRIES.append(
+    CatalogEntry(
+        code="OperationCancelled",
+        title="Operation cancelled",
+        message="The {operation} was cancelled before it finished; nothing partial was committed.",
+        causes=("A user or the vault cancelled the job.",),
+        actions=("Start the operation again when needed.",),
+        severity=Severity.INFO,
+        exit_code=130,
+        area="jobs",
+    )
+)

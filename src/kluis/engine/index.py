@@ -1,0 +1,102 @@
+"""The in-memory index: which pack holds each blob, loaded from the index files.
+
+Index files are immutable, so the machine keeps a copy of each in its cache
+folder and downloads only new ones. Lookups are plain dict reads and need no
+lock; additions take one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from kluis.catalog import KluisError
+from kluis.engine.format import IndexEntry, decode_index, encode_index, index_name, object_id
+from kluis.stores import Store
+
+
+class Index:
+    """Blob id -> IndexEntry, plus the set of ids reserved by writers that have not uploaded yet."""
+
+    def __init__(self) -> None:
+        self._entries: dict[bytes, IndexEntry] = {}
+        self._pending: set[bytes] = set()
+        self._lock = threading.Lock()
+        self.loaded_files: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, blob_id: object) -> bool:
+        return blob_id in self._entries
+
+    def get(self, blob_id: bytes) -> IndexEntry | None:
+        """Where a blob lives, or None."""
+        return self._entries.get(blob_id)
+
+    def entries(self) -> Iterator[IndexEntry]:
+        """All known entries (a snapshot, safe while others add)."""
+        return iter(list(self._entries.values()))
+
+    def reserve(self, blob_id: bytes) -> bool:
+        """True when the caller should store this blob: nobody has it or is storing it."""
+        if blob_id in self._entries:
+            return False
+        with self._lock:
+            if blob_id in self._entries or blob_id in self._pending:
+                return False
+            self._pending.add(blob_id)
+            return True
+
+    def add(self, entries: Iterable[IndexEntry]) -> None:
+        """Record uploaded blobs (first copy wins) and release their reservations."""
+        with self._lock:
+            for e in entries:
+                self._entries.setdefault(e.id, e)
+                self._pending.discard(e.id)
+
+    def forget_pending(self) -> None:
+        """Drop reservations of blobs that were never uploaded (after a failed backup)."""
+        with self._lock:
+            self._pending.clear()
+
+    def load(self, store: Store, cache_dir: Path | None = None) -> int:
+        """Read every index file not loaded yet; returns how many were read."""
+        names = [o.name for o in store.list("index/") if o.name not in self.loaded_files]
+        for name in names:
+            data = self._cached(store, name, cache_dir)
+            self.add(decode_index(name, data))
+            self.loaded_files.add(name)
+        return len(names)
+
+    @staticmethod
+    def _cached(store: Store, name: str, cache_dir: Path | None) -> bytes:
+        local = cache_dir / name if cache_dir else None
+        if local is not None and local.is_file():
+            data = local.read_bytes()
+            if object_id(data).hex() == name.rsplit("/", 1)[-1]:
+                return data
+        data = store.get(name)
+        if object_id(data).hex() != name.rsplit("/", 1)[-1]:
+            raise KluisError("RepoIndexCorrupt", name=name, reason="content does not match its name")
+        if local is not None:
+            try:
+                local.parent.mkdir(parents=True, exist_ok=True)
+                tmp = local.with_name(local.name + ".tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, local)
+            except OSError:
+                pass  # The cache is an optimisation; a full scratch folder is reported elsewhere.
+        return data
+
+
+def write_index_file(store: Store, entries: list[IndexEntry]) -> str | None:
+    """Store ``entries`` as a new index file; returns its name (None when there is nothing)."""
+    if not entries:
+        return None
+    data = encode_index(entries)
+    name = index_name(object_id(data))
+    store.put(name, data)
+    return name

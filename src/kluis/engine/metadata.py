@@ -1,0 +1,177 @@
+"""Reading and applying file metadata: owner, mode, times, xattrs and POSIX ACLs.
+
+POSIX ACLs are the extended attributes ``system.posix_acl_access`` and
+``system.posix_acl_default``, so carrying xattrs carries the ACLs too.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import grp
+import os
+import pwd
+import stat
+from functools import lru_cache
+
+from kluis.engine.trees import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
+
+
+@lru_cache(maxsize=4096)
+def user_name(uid: int) -> str | None:
+    """Name of a uid, or None when the system does not know it."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+@lru_cache(maxsize=4096)
+def group_name(gid: int) -> str | None:
+    """Name of a gid, or None when the system does not know it."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return None
+
+
+@lru_cache(maxsize=4096)
+def uid_for(name: str | None, fallback: int) -> int:
+    """The local uid of a user name (restore maps by name when it can)."""
+    if name:
+        try:
+            return pwd.getpwnam(name).pw_uid
+        except KeyError:
+            pass
+    return fallback
+
+
+@lru_cache(maxsize=4096)
+def gid_for(name: str | None, fallback: int) -> int:
+    """The local gid of a group name."""
+    if name:
+        try:
+            return grp.getgrnam(name).gr_gid
+        except KeyError:
+            pass
+    return fallback
+
+
+def node_type(st: os.stat_result) -> str | None:
+    """The tree node type for a stat result; None for sockets (skipped)."""
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return FILE
+    if stat.S_ISDIR(mode):
+        return DIR
+    if stat.S_ISLNK(mode):
+        return SYMLINK
+    if stat.S_ISFIFO(mode):
+        return FIFO
+    if stat.S_ISCHR(mode):
+        return CHARDEV
+    if stat.S_ISBLK(mode):
+        return BLOCKDEV
+    return None
+
+
+def read_xattrs(path: bytes) -> dict[str, str] | None:
+    """All extended attributes of ``path`` (not following symlinks), values base64."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return None
+    if not names:
+        return None
+    out: dict[str, str] = {}
+    for name in names:
+        try:
+            out[name] = base64.b64encode(os.getxattr(path, name, follow_symlinks=False)).decode()
+        except OSError:
+            continue
+    return out or None
+
+
+def node_from_stat(name: str, st: os.stat_result, ntype: str, path: bytes) -> Node:
+    """A node with the metadata of ``st`` (content and subtree are filled in by the caller)."""
+    node = Node(
+        name=name,
+        type=ntype,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        user=user_name(st.st_uid),
+        group=group_name(st.st_gid),
+        mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+        atime_ns=st.st_atime_ns,
+        size=st.st_size if ntype == FILE else 0,
+        xattrs=read_xattrs(path),
+    )
+    if ntype in (CHARDEV, BLOCKDEV):
+        node.rdev = st.st_rdev
+    if ntype == FILE and st.st_nlink > 1:
+        node.nlink = st.st_nlink
+    if ntype == SYMLINK:
+        node.target = os.fsdecode(os.readlink(path))
+    return node
+
+
+def apply_metadata(name: bytes, node: Node, dir_fd: int, *, owner: bool) -> list[str]:
+    """Set owner, xattrs, mode and times of ``name`` in ``dir_fd``; returns what failed.
+
+    Never follows a symlink: everything but a link itself is changed through an
+    ``O_PATH | O_NOFOLLOW`` descriptor (via /proc/self/fd), so a link swapped in
+    meanwhile is not followed. Order matters: chown clears set-uid bits, so mode
+    comes after it; times come last.
+    """
+    problems: list[str] = []
+    if node.type == SYMLINK:
+        if owner:
+            try:
+                uid, gid = uid_for(node.user, node.uid), gid_for(node.group, node.gid)
+                os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError as exc:
+                problems.append(f"owner: {exc.strerror}")
+        _set_times(name, node, dir_fd, problems)
+        return problems
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        return [f"open: {exc.strerror}"]
+    try:
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            return ["replaced by a symbolic link during restore; left alone"]
+        proc = f"/proc/self/fd/{fd}"
+        if owner:
+            try:
+                os.chown(proc, uid_for(node.user, node.uid), gid_for(node.group, node.gid))
+            except OSError as exc:
+                problems.append(f"owner: {exc.strerror}")
+        for key, value in (node.xattrs or {}).items():
+            try:
+                os.setxattr(proc, key, base64.b64decode(value))
+            except OSError as exc:
+                # Without root, trusted.* and security.* names are refused: expected.
+                if owner or exc.errno not in (errno.EPERM, errno.ENOTSUP):
+                    problems.append(f"xattr {key}: {exc.strerror}")
+        try:
+            os.chmod(proc, node.mode)
+        except OSError as exc:
+            problems.append(f"mode: {exc.strerror}")
+        try:
+            os.utime(proc, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns))
+        except OSError as exc:
+            problems.append(f"times: {exc.strerror}")
+    finally:
+        os.close(fd)
+    return problems
+
+
+def _set_times(name: bytes, node: Node, dir_fd: int, problems: list[str]) -> None:
+    try:
+        os.utime(
+            name, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False
+        )
+    except OSError as exc:
+        problems.append(f"times: {exc.strerror}")
