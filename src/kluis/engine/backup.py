@@ -96,6 +96,7 @@ class BackupResult:
     new_bytes: int
     stored_bytes: int
     warnings: int
+    files_read: int
     failed_files_log: str | None
     seconds: float
     first_warnings: list[dict[str, str]] = field(default_factory=list)
@@ -180,6 +181,7 @@ class FileBackup:
         self._hardlinks: dict[tuple[int, int], tuple[str, _Pending | Node]] = {}
         self._root_dev: int | None = None
         self.dirs = 0
+        self.files_read = 0
         self.errors: list[KluisError] = []
 
     # -- worker side ------------------------------------------------------------------
@@ -304,6 +306,7 @@ class FileBackup:
         else:
             future = self._pool.submit(self._read_file, path)
             self._in_flight += 1
+            self.files_read += 1
             item = _Pending(node, path, future)
             job.items.append(item)
         if st.st_nlink > 1:
@@ -468,6 +471,7 @@ class FileBackup:
             new_bytes=self.progress.new_bytes,
             stored_bytes=stored,
             warnings=self.progress.warnings,
+            files_read=self.files_read,
             failed_files_log=str(self.failed.path) if self.failed.path and self.failed.count else None,
             seconds=round(time.monotonic() - started, 3),
             first_warnings=self.failed.first[:20],

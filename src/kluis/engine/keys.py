@@ -224,6 +224,6 @@ def read_kek_file(path: Path) -> tuple[bytes, str]:
             raise ValueError("wrong key length")
         return kek, str(raw["fingerprint"])
     except FileNotFoundError:
-        raise KluisError("34506", path=str(path), reason="the KEK file is missing") from None
+        raise KluisError("34506", path=str(path), detail="the KEK file is missing") from None
     except (ValueError, KeyError, TypeError, OSError) as exc:
-        raise KluisError("34506", path=str(path), reason=f"the KEK file is unreadable: {exc}") from None
+        raise KluisError("34506", path=str(path), detail=f"the KEK file is unreadable: {exc}") from None

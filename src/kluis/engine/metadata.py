@@ -148,7 +148,19 @@ def apply_metadata(name: bytes, node: Node, dir_fd: int, *, owner: bool) -> list
                 os.chown(proc, uid_for(node.user, node.uid), gid_for(node.group, node.gid))
             except OSError as exc:
                 problems.append(f"owner: {exc.strerror}")
-        for key, value in (node.xattrs or {}).items():
+        wanted = node.xattrs or {}
+        try:
+            present = os.listxattr(proc)
+        except OSError:
+            present = []
+        for key in present:
+            # New files inherit a directory's default ACL; the original may not have had one.
+            if key not in wanted:
+                try:
+                    os.removexattr(proc, key)
+                except OSError:
+                    pass
+        for key, value in wanted.items():
             try:
                 os.setxattr(proc, key, base64.b64decode(value))
             except OSError as exc:

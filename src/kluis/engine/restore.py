@@ -42,7 +42,6 @@ from kluis.engine.tuning import tune_allocator
 CONFLICT_MODES = ("overwrite", "skip", "copy")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_IN_FLIGHT = 128
-_GLOB_CHARS = set("*?[")
 
 
 @dataclass
@@ -83,32 +82,43 @@ def safe_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\x00" not in name
 
 
+def _match_parts(parts: Sequence[str], pattern: Sequence[str]) -> bool:
+    """Component-wise glob match; ``**`` stands for any number of components."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_match_parts(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _match_parts(parts[1:], pattern[1:])
+
+
+def _could_lead_to(parts: Sequence[str], pattern: Sequence[str]) -> bool:
+    """Whether something below the directory ``parts`` can match ``pattern``."""
+    for i, comp in enumerate(parts):
+        if i >= len(pattern):
+            return False
+        if pattern[i] == "**":
+            return True
+        if not fnmatch.fnmatchcase(comp, pattern[i]):
+            return False
+    return len(pattern) > len(parts)
+
+
 class _Selection:
-    """Include patterns: a path, or a glob, relative to the point's root."""
+    """Include patterns: paths or globs relative to the point's root (``*`` stays in one component)."""
 
     def __init__(self, patterns: Sequence[str]) -> None:
-        self.patterns = [p.strip("/") for p in patterns if p.strip("/")]
+        self.patterns = [p.strip("/").split("/") for p in patterns if p.strip("/")]
 
     def decide(self, rel: str, is_dir: bool) -> str:
         """'all' (this and everything below), 'partial' (look inside) or 'none'."""
         if not self.patterns:
             return "all"
-        partial = False
-        for p in self.patterns:
-            if rel == p or fnmatch.fnmatchcase(rel, p):
-                return "all"
-            if is_dir:
-                literal = p
-                for i, ch in enumerate(p):
-                    if ch in _GLOB_CHARS:
-                        literal = p[:i]
-                        break
-                if literal == p:
-                    partial = partial or p.startswith(rel + "/") or not rel
-                else:
-                    lit_dir = literal.rsplit("/", 1)[0] if "/" in literal else ""
-                    partial = partial or not rel or lit_dir.startswith(rel) or rel.startswith(lit_dir)
-        return "partial" if partial else "none"
+        parts = rel.split("/") if rel else []
+        if any(_match_parts(parts, p) for p in self.patterns):
+            return "all"
+        if is_dir and any(_could_lead_to(parts, p) for p in self.patterns):
+            return "partial"
+        return "none"
 
 
 class Restorer:
