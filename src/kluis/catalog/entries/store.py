@@ -38,9 +38,7 @@ ENTRIES = [
             "The storage is full or read-only.",
             "Permissions on the store directory or bucket do not allow writes.",
         ),
-        actions=(
-            "Free space or extend the storage; check its permissions.",
-        ),
+        actions=("Free space or extend the storage; check its permissions.",),
         http_status=507,
         exit_code=6,
         area="store",
