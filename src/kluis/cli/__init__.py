@@ -1,0 +1,1 @@
+"""The ``kluis`` command line: ``kluis <noun> <verb>``, one module per noun."""
