@@ -63,8 +63,17 @@ class Index:
             self._pending.clear()
 
     def load(self, store: Store, cache_dir: Path | None = None) -> int:
-        """Read every index file not loaded yet; returns how many were read."""
-        names = [o.name for o in store.list("index/") if o.name not in self.loaded_files]
+        """Bring the index up to date with the store's index files; returns how many were read.
+
+        Garbage collection replaces index files; when one this index was built from is
+        gone, the whole index is rebuilt so it never claims blobs that were removed.
+        """
+        current = {o.name for o in store.list("index/")}
+        if not self.loaded_files <= current:
+            with self._lock:
+                self._entries.clear()
+            self.loaded_files.clear()
+        names = sorted(current - self.loaded_files)
         for name in names:
             data = self._cached(store, name, cache_dir)
             self.add(decode_index(name, data))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -72,7 +73,8 @@ class Repository:
         self.keys = keys
         self.config = config
         self.cache_dir = cache_dir
-        self.pack_size = pack_size
+        # KLUIS_PACK_SIZE exists for tests and measurements (many small packs); the format allows any size.
+        self.pack_size = int(os.environ.get("KLUIS_PACK_SIZE", pack_size))
         self.index = Index()
         self._local = threading.local()
         self._writers: list[PackWriter] = []
