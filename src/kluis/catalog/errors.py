@@ -52,6 +52,13 @@ class KluisError(Exception):
         return text
 
     @property
+    def title(self) -> str:
+        """The entry's title in the active language."""
+        from kluis.catalog.i18n import translate
+
+        return translate(self.entry.title)
+
+    @property
     def causes(self) -> list[str]:
         """Likely causes in order, in the active language."""
         from kluis.catalog.i18n import translate
@@ -69,6 +76,7 @@ class KluisError(Exception):
         """The JSON shape used by the API, job records and ``--json`` output."""
         return {
             "code": self.code,
+            "title": self.title,
             "severity": str(self.entry.severity),
             "message": self.message,
             "causes": self.causes,
