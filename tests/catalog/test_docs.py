@@ -65,7 +65,7 @@ def test_merge_keeps_changed_strings_as_fuzzy(tmp_path: Path, monkeypatch: pytes
     merged = merged_po("nl", template)
     message = merged.get(entry.title)
     assert message is not None and message.fuzzy and message.string == "De taak loopt nu niet"
-    assert merged.get("The job is not running now") is None  # obsolete strings are dropped
+    assert merged.get("The job is not running now") is None  # matched, so no longer a message
 
 
 @pytest.mark.timeout(60)

@@ -74,7 +74,7 @@ def build_template() -> Catalog:
 
 def _render(catalog: Catalog) -> bytes:
     buf = io.BytesIO()
-    write_po(buf, catalog, width=100, ignore_obsolete=True, include_previous=False, sort_output=False)
+    write_po(buf, catalog, width=100, ignore_obsolete=False, include_previous=False, sort_output=False)
     return buf.getvalue()
 
 
@@ -99,11 +99,20 @@ def merged_po(lang: str, template: Catalog) -> Catalog:
     """``lang``'s catalog brought up to date with ``template``.
 
     New strings are added empty; changed strings keep their old translation marked
-    fuzzy (so a translator reviews it); strings no longer in the catalog are dropped.
+    fuzzy (so a translator reviews it); translated strings no longer in the catalog are
+    kept at the end as obsolete (``#~``) so they come back if the string returns.
     """
     catalog = load_po(lang)
-    catalog.update(template, no_fuzzy_matching=False, update_header_comment=False)
+    # Obsolete translations (``#~``) take part in matching again, so a string that was
+    # removed for a while, or reworded, gets its translation back (as fuzzy if reworded).
+    for message in list(catalog.obsolete.values()):
+        if message.id and message.id not in catalog:
+            catalog[message.id] = message
     catalog.obsolete.clear()
+    catalog.update(template, no_fuzzy_matching=False, update_header_comment=False)
+    # Only translated leftovers are worth keeping as obsolete; empty ones are noise.
+    for key in [k for k, m in catalog.obsolete.items() if not m.string]:
+        del catalog.obsolete[key]
     catalog.creation_date = _FIXED_DATE
     catalog.revision_date = _FIXED_DATE
     catalog.fuzzy = False
