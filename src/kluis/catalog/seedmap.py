@@ -343,7 +343,7 @@ SEED_CONDITIONS: tuple[SeedCondition, ...] = (
     _c(
         "003",
         "Re-registering a server with another passphrase than the one first used",
-        "MachineKeySetMismatch",
+        "RepoPassphraseIncorrect",
     ),
     _c(
         "003",
