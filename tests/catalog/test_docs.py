@@ -81,3 +81,23 @@ def test_cli_check_mode(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     assert stale.returncode == 1 and "stale:" in stale.stdout
+
+
+def test_obsolete_translations_still_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A translation kept as `#~` (its entry module not present right now) is still used.
+    path = tmp_path / "nl" / "LC_MESSAGES" / "kluis.po"
+    path.parent.mkdir(parents=True)
+    path.write_text(
+        '#, fuzzy\nmsgid ""\nmsgstr "Language: nl\\n"\n\n'
+        '#~ msgid "Gone for now {x}"\n#~ msgstr "Even weg {x}"\n\n'
+        '#, fuzzy\nmsgid "Reworded"\nmsgstr "Herschreven"\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setattr(i18n, "LOCALE_DIR", tmp_path)
+    i18n.reload()
+    try:
+        assert i18n.translate("Gone for now {x}", "nl") == "Even weg {x}"
+        assert i18n.translation_of("Reworded", "nl") is None  # fuzzy is not used
+    finally:
+        monkeypatch.undo()
+        i18n.reload()

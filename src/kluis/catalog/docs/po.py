@@ -145,7 +145,7 @@ def untranslated(lang: str) -> list[Untranslated]:
     for entries in entries_by_module().values():
         for entry in entries:
             for field, text in entry.texts:
-                message = catalog.get(text)
+                message = catalog.get(text) or catalog.obsolete.get(text)
                 if message is None or not message.string:
                     out.append(Untranslated(lang, entry.code, field, text, "missing"))
                 elif message.fuzzy:
