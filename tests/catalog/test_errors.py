@@ -73,7 +73,17 @@ def test_to_dict_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KLUIS_LANG", "en")
     err = KluisError("ValidationFailed", reason="retain_until is in the past")
     data = err.to_dict()
-    assert set(data) == {"code", "title", "severity", "message", "causes", "actions", "docs"}
+    assert set(data) == {
+        "code",
+        "title",
+        "severity",
+        "message",
+        "causes",
+        "actions",
+        "docs",
+        "params",
+        "detail",
+    }
     assert data["code"] == "ValidationFailed"
     assert data["severity"] == "error"
     assert data["message"] == "The request was refused: retain_until is in the past."
@@ -81,3 +91,17 @@ def test_to_dict_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(data["causes"], list) and all(isinstance(c, str) for c in data["causes"])
     assert isinstance(data["actions"], list) and data["actions"]
     assert data["docs"] == "docs/troubleshooting.md#validationfailed"
+
+
+def test_round_trips_through_json_in_another_language(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    from pathlib import Path
+
+    monkeypatch.setenv("KLUIS_LANG", "en")
+    err = KluisError("SalLowDiskSpace", path=Path("/srv/scratch"), free="1 GiB", needed=5, detail="df")
+    stored = json.loads(json.dumps(err.to_dict()))
+    assert stored["params"] == {"path": "/srv/scratch", "free": "1 GiB", "needed": 5}
+    monkeypatch.setenv("KLUIS_LANG", "sv")
+    back = KluisError.from_dict(stored)
+    assert back.code == "SalLowDiskSpace" and back.detail == "df"
+    assert back.message.startswith("Volymen med scratchmappen /srv/scratch har 1 GiB ledigt")

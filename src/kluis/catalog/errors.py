@@ -82,11 +82,29 @@ class KluisError(Exception):
             "causes": self.causes,
             "actions": self.actions,
             "docs": f"docs/troubleshooting.md#{self.entry.anchor}",
+            "params": {k: _json_safe(v) for k, v in self.params.items()},
+            "detail": self.detail,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KluisError:
+        """Rebuild an error from its ``to_dict()`` form, e.g. a stored job record.
+
+        The rendered texts are not trusted: the error is rendered again from its code
+        and parameters, so it shows in the reader's language.
+        """
+        return cls(str(data["code"]), detail=data.get("detail"), **dict(data.get("params") or {}))
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keeps the error picklable across process pools.
         return (_rebuild, (self.code, self.detail, self.params))
+
+
+def _json_safe(value: Any) -> Any:
+    """Parameters as JSON can carry them: primitives as they are, anything else as text."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 def _rebuild(code: str, detail: str | None, params: dict[str, Any]) -> KluisError:
