@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kluis.catalog import KluisError, Severity
-from kluis.engine.checksum_store import ChecksumStore
+from kluis.engine.checksum_store import ChecksumStore, decode_content
 from kluis.engine.chunker import MAX_SIZE, iter_chunks, make_chunker
 from kluis.engine.failed_files import FailedFilesLog
 from kluis.engine.format import BlobType
@@ -114,6 +114,7 @@ class ExclusionRules:
         paths = [p.rstrip("/") for p in patterns if "/" in p]
         self._name_re = re.compile("|".join(fnmatch.translate(p) for p in names)) if names else None
         self._path_re = re.compile("|".join(fnmatch.translate(p) for p in paths)) if paths else None
+        self.active = bool(names or paths)
 
     def excluded(self, path: str, name: str) -> bool:
         """Whether a path is excluded."""
@@ -180,6 +181,7 @@ class FileBackup:
         self._in_flight = 0
         self._hardlinks: dict[tuple[int, int], tuple[str, _Pending | Node]] = {}
         self._root_dev: int | None = None
+        self._known: dict[bytes, tuple[int, int, int, int, int, bytes]] = {}
         self.dirs = 0
         self.files_read = 0
         self.errors: list[KluisError] = []
@@ -291,11 +293,17 @@ class FileBackup:
                 self.progress.files += 1
                 return
         cached = None
-        if self.cache is not None:
-            cached = self.cache.lookup(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            if cached is not None and not all(
-                bytes.fromhex(c) in self.repo.index for c in cached if isinstance(c, str)
-            ):
+        known = self._known.get(path.rpartition(b"/")[2]) if self._known else None
+        if known is not None and known[:5] == (
+            st.st_dev,
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+        ):
+            cached = decode_content(known[5])
+            index = self.repo.index
+            if not all(bytes.fromhex(c) in index for c in cached if isinstance(c, str)):
                 cached = None
         if cached is not None:
             node.content = cached
@@ -319,12 +327,15 @@ class FileBackup:
         except OSError as exc:
             self._warn(file_error(exc, os.fsdecode(path)), os.fsdecode(path))
             entries = []
+        if self._should_stop():
+            raise _Cancelled
+        # What the checksum store knows about this directory, in one query.
+        self._known = self.cache.lookup_dir(path.rstrip(b"/") or b"") if self.cache is not None else {}
+        has_rules = self.rules.active
         for entry in entries:
-            if self._should_stop():
-                raise _Cancelled
             full = entry.path
             name = fs_name(entry.name)
-            if self.rules.excluded(os.fsdecode(full), name):
+            if has_rules and self.rules.excluded(os.fsdecode(full), name):
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -342,7 +353,9 @@ class FileBackup:
                 if self.options.one_file_system and st.st_dev != self._root_dev:
                     job.items.append(child)  # keep the mount point itself, not what is mounted on it
                     continue
+                known = self._known
                 job.items.append(self._walk(full, child))
+                self._known = known
             elif ntype == FILE:
                 self._add_file(job, child, full, st)
             else:
@@ -513,6 +526,8 @@ class FileBackup:
                 node.subtree = job.tree_id.hex()
             elif ntype == FILE:
                 holder = _DirJob(Node(name="", type=DIR), parent)
+                if self.cache is not None:
+                    self._known = self.cache.lookup_dir(parent.rstrip(b"/"))
                 self._add_file(holder, node, path, st)
                 self._finish_items_only(holder)
                 if not holder.items:

@@ -19,9 +19,9 @@ from kluis.catalog import KluisError
 from kluis.engine.format import BLOB_OVERHEAD, NONCE_SIZE, TAG_SIZE, BlobFlags, BlobType, associated_data
 from kluis.engine.keys import MasterKeys
 
-# zstd level 3: on the corpus the benchmark uses, it stores ~8% less than level 1 and, spread
-# over two cores, still keeps up with reading (benchmarks/RESULTS.md, "compression level").
-DEFAULT_LEVEL = 3
+# zstd level 2: on /usr/lib + /usr/share it stored 5% less than level 1 and only 3% more than
+# level 3, at a clearly lower CPU cost, and compression is the largest cost of a first backup.
+DEFAULT_LEVEL = 2
 # Compression that saves less than this share is not worth the decompression on restore.
 _MIN_SAVING = 0.03
 # Sample size for the incompressibility probe of large chunks.
@@ -43,6 +43,7 @@ class BlobCodec:
         self._cctx = zstandard.ZstdCompressor(level=self._level) if self._level > 0 else None
         self._probe_cctx = zstandard.ZstdCompressor(level=1)
         self._dctx = zstandard.ZstdDecompressor()
+        self._plain = bytearray(1 << 20)
 
     def chunk_id(self, data: bytes | bytearray | memoryview) -> bytes:
         """Keyed BLAKE3-256 of the plaintext."""
@@ -93,6 +94,44 @@ class BlobCodec:
         buf = bytearray(self.encoded_size_bound(len(data)))
         n, flags = self.encode_into(blob_id, blob_type, data, memoryview(buf))
         return bytes(buf[:n]), flags
+
+    def decode_view(
+        self,
+        blob_id: bytes,
+        blob_type: int,
+        flags: int,
+        blob: bytes | bytearray | memoryview,
+        raw_length: int,
+        *,
+        pack: str = "?",
+    ) -> bytes | memoryview:
+        """Like :meth:`decode`, but decrypts into this codec's reused buffer.
+
+        The result may be a view of that buffer: valid only until the next call on this
+        codec (this thread). For hot paths that consume the data at once (restore).
+        """
+        if len(blob) < BLOB_OVERHEAD:
+            raise KluisError("RepoBlobCorrupt", blob=blob_id.hex(), pack=pack)
+        size = len(blob) - BLOB_OVERHEAD
+        if len(self._plain) < size:
+            self._plain = bytearray(max(size, 2 * len(self._plain)))
+        out = memoryview(self._plain)[:size]
+        view = memoryview(blob)
+        try:
+            self._aead.decrypt_into(
+                view[:NONCE_SIZE], view[NONCE_SIZE:], associated_data(blob_id, blob_type, flags), out
+            )
+        except (InvalidTag, ValueError):
+            raise KluisError("RepoBlobCorrupt", blob=blob_id.hex(), pack=pack) from None
+        data: bytes | memoryview = out
+        if flags & BlobFlags.ZSTD:
+            try:
+                data = self._dctx.decompress(out, max_output_size=raw_length)
+            except zstandard.ZstdError:
+                raise KluisError("RepoBlobCorrupt", blob=blob_id.hex(), pack=pack) from None
+        if len(data) != raw_length or self.chunk_id(data) != blob_id:
+            raise KluisError("RepoBlobCorrupt", blob=blob_id.hex(), pack=pack)
+        return data
 
     def decode(
         self,

@@ -16,10 +16,11 @@ from kluis.catalog import KluisError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
-    path BLOB PRIMARY KEY,
+    dir BLOB NOT NULL, name BLOB NOT NULL,
     dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
-    content BLOB NOT NULL
+    content BLOB NOT NULL,
+    PRIMARY KEY (dir, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -70,12 +71,25 @@ class ChecksumStore:
         self._in_tx = False
         self._writes = 0
 
+    def lookup_dir(self, directory: bytes) -> dict[bytes, tuple[int, int, int, int, int, bytes]]:
+        """Everything recorded for the files of one directory (one query per directory).
+
+        Values are (dev, ino, size, mtime_ns, ctime_ns, encoded content); compare the
+        first five with the file's stat and decode the content with :func:`decode_content`.
+        """
+        rows = self._db.execute(
+            "SELECT name, dev, ino, size, mtime_ns, ctime_ns, content FROM files WHERE dir = ?", (directory,)
+        )
+        return {row[0]: tuple(row[1:]) for row in rows}
+
     def lookup(
         self, path: bytes, st_dev: int, st_ino: int, size: int, mtime_ns: int, ctime_ns: int
     ) -> list[str | int] | None:
-        """The chunk list recorded for an unchanged file, else None."""
+        """The chunk list recorded for one unchanged file, else None."""
+        directory, _, name = path.rpartition(b"/")
         row = self._db.execute(
-            "SELECT dev, ino, size, mtime_ns, ctime_ns, content FROM files WHERE path = ?", (path,)
+            "SELECT dev, ino, size, mtime_ns, ctime_ns, content FROM files WHERE dir = ? AND name = ?",
+            (directory, name),
         ).fetchone()
         if row is None or tuple(row[:5]) != (st_dev, st_ino, size, mtime_ns, ctime_ns):
             return None
@@ -95,9 +109,10 @@ class ChecksumStore:
         if not self._in_tx:
             self._db.execute("BEGIN")
             self._in_tx = True
+        directory, _, name = path.rpartition(b"/")
         self._db.execute(
-            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (path, st_dev, st_ino, size, mtime_ns, ctime_ns, encode_content(content)),
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (directory, name, st_dev, st_ino, size, mtime_ns, ctime_ns, encode_content(content)),
         )
         self._writes += 1
         if self._writes >= 5000:

@@ -104,7 +104,7 @@ def node_from_stat(name: str, st: os.stat_result, ntype: str, path: bytes) -> No
         group=group_name(st.st_gid),
         mtime_ns=st.st_mtime_ns,
         ctime_ns=st.st_ctime_ns,
-        atime_ns=st.st_atime_ns,
+        # atime is left out on purpose: reading changes it, and it would make every listing new.
         size=st.st_size if ntype == FILE else 0,
         xattrs=read_xattrs(path),
     )

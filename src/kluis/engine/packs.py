@@ -23,7 +23,7 @@ from kluis.engine.format import (
 )
 from kluis.stores import Store
 
-DEFAULT_PACK_SIZE = 24 * 1024 * 1024
+DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 
 
 class PackWriter:
@@ -45,7 +45,10 @@ class PackWriter:
         self.codec = codec
         self.on_uploaded = on_uploaded
         self.target_size = target_size
-        self._buf = bytearray(target_size + max_blob + BLOB_OVERHEAD + 64 * 1024)
+        # Start small (a writer that only ever stores directory listings stays small) and grow
+        # to the full size once; the buffer is then reused for every pack.
+        self._full = target_size + max_blob + BLOB_OVERHEAD + 64 * 1024
+        self._buf = bytearray(min(self._full, 2 * 1024 * 1024))
         self._view = memoryview(self._buf)
         self._pos = 0
         self._entries: list[tuple[bytes, int, int, int, int]] = []
@@ -56,19 +59,26 @@ class PackWriter:
         """Encode one blob into the current pack; returns its stored size."""
         bound = self.codec.encoded_size_bound(len(data))
         room = len(self._buf) - self._pos - pack_trailer_size(len(self._entries) + 1)
+        if bound > room and len(self._buf) < self._full:
+            self._grow(self._full)
+            room = len(self._buf) - self._pos - pack_trailer_size(len(self._entries) + 1)
         if bound > room and self._entries:
             self.flush()
             room = len(self._buf) - pack_trailer_size(1)
         if bound > room:
             # A blob larger than the buffer was built for: grow once, keep the bigger buffer.
-            self._buf.extend(bytes(bound - room))
-            self._view = memoryview(self._buf)
+            self._grow(len(self._buf) + bound - room)
         n, flags = self.codec.encode_into(blob_id, blob_type, data, self._view[self._pos : self._pos + bound])
         self._entries.append((blob_id, int(blob_type), flags, n, len(data)))
         self._pos += n
         if self._pos >= self.target_size:
             self.flush()
         return n
+
+    def _grow(self, size: int) -> None:
+        self._view.release()
+        self._buf.extend(bytes(size - len(self._buf)))
+        self._view = memoryview(self._buf)
 
     @property
     def pending(self) -> int:
@@ -82,8 +92,7 @@ class PackWriter:
         trailer = encode_pack_trailer(self._entries)
         end = self._pos + len(trailer)
         if end > len(self._buf):
-            self._buf.extend(bytes(end - len(self._buf)))
-            self._view = memoryview(self._buf)
+            self._grow(end)
         self._view[self._pos : end] = trailer
         data = self._view[:end]
         pack_id = object_id(data)
@@ -107,7 +116,7 @@ class PackReader:
     window of a pack at a time turns thousands of small reads into a few large ones.
     """
 
-    def __init__(self, store: Store, window: int = 8 * 1024 * 1024, windows: int = 6) -> None:
+    def __init__(self, store: Store, window: int = 4 * 1024 * 1024, windows: int = 4) -> None:
         self.store = store
         self.window = window
         self.max_windows = windows

@@ -236,6 +236,20 @@ class Repository:
             raise KluisError("RepoBlobMissing", blob=blob_id.hex(), where=where)
         return self.decode_entry(entry, self.reader.read(entry))
 
+    def load_blob_view(self, blob_id: bytes, *, where: str = "a recovery point") -> bytes | memoryview:
+        """Like :meth:`load_blob`, but may return a view valid only until this thread's next load."""
+        entry = self.index.get(blob_id)
+        if entry is None:
+            raise KluisError("RepoBlobMissing", blob=blob_id.hex(), where=where)
+        return self.codec().decode_view(
+            entry.id,
+            entry.type,
+            entry.flags,
+            self.reader.read(entry),
+            entry.raw_length,
+            pack=entry.pack.hex(),
+        )
+
     def decode_entry(self, entry: IndexEntry, raw: bytes | bytearray | memoryview) -> bytes:
         """Decrypt and check the stored bytes of ``entry``."""
         return self.codec().decode(

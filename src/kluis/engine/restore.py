@@ -447,7 +447,7 @@ class Restorer:
             if isinstance(part, int):
                 pos += part  # a hole: leave it unallocated
                 continue
-            data = self.repo.load_blob(bytes.fromhex(part), where=f"/{rel}")
+            data = self.repo.load_blob_view(bytes.fromhex(part), where=f"/{rel}")
             view = memoryview(data)
             while view:
                 n = os.pwrite(fd, view, pos)

@@ -69,12 +69,41 @@ class Node:
     nlink: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """Compact dict form; fields at their defaults are left out."""
-        out: dict[str, Any] = {}
-        for long, short in _KEYS.items():
-            value = getattr(self, long)
-            if (value is not None and value != 0) or long in ("name", "type"):
-                out[short] = value
+        """Compact dict form; fields at their defaults are left out.
+
+        Written out field by field: this runs for every file of every backup.
+        """
+        out: dict[str, Any] = {"n": self.name, "t": self.type}
+        if self.mode:
+            out["m"] = self.mode
+        if self.uid:
+            out["u"] = self.uid
+        if self.gid:
+            out["g"] = self.gid
+        if self.user is not None:
+            out["U"] = self.user
+        if self.group is not None:
+            out["G"] = self.group
+        if self.mtime_ns:
+            out["mt"] = self.mtime_ns
+        if self.ctime_ns:
+            out["ct"] = self.ctime_ns
+        if self.atime_ns:
+            out["at"] = self.atime_ns
+        if self.size:
+            out["s"] = self.size
+        if self.content is not None:
+            out["c"] = self.content
+        if self.subtree is not None:
+            out["st"] = self.subtree
+        if self.target is not None:
+            out["l"] = self.target
+        if self.rdev is not None:
+            out["r"] = self.rdev
+        if self.xattrs is not None:
+            out["x"] = self.xattrs
+        if self.nlink is not None:
+            out["k"] = self.nlink
         return out
 
     @classmethod
