@@ -59,8 +59,19 @@ class PostgresCluster:
 
     def start(self) -> None:
         """initdb and start on 127.0.0.1:port (trust authentication: loopback, throwaway)."""
-        self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                  "--no-sync", "--no-instructions")
+        self._run(
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
+        )
         options = " ".join(
             [
                 f"-p {self.port}",
@@ -73,7 +84,9 @@ class PostgresCluster:
                 "-c shared_buffers=64MB",
             ]
         )
-        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
+        self._run(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start"
+        )
         self._started = True
         wait_for_tcp(self.port, 10)
 
@@ -86,8 +99,9 @@ class PostgresCluster:
         import psycopg
 
         name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 

@@ -17,6 +17,7 @@ app = typer.Typer(
 _GROUPS = [
     ("kluis.cli.repo", "app", "repo"),
     ("kluis.cli.vault", "app", "vault"),
+    ("kluis.cli.vault", "alerts_app", "alerts"),
 ]
 
 for _module, _attr, _name in _GROUPS:

@@ -1,0 +1,256 @@
+"""A store that is a machine's repository in a vault, over the vault's object API.
+
+The agent's engine works on any :class:`~kluis.stores.base.Store`; against a vault it
+uses ``VaultStore(url, machine_id, token)``. Every write is checked by the vault
+before it becomes visible (see docs/api.md); reads stream byte ranges. Connection
+failures and 502/503/504 answers are retried with exponential backoff; every PUT of
+the repository format is idempotent, so a retried upload is safe. Errors the vault
+reports come back as the same catalog errors (code and parameters).
+
+Points need the job context: set ``item_id`` and ``job_id`` (constructor or
+:meth:`VaultStore.for_job`) and ``points/`` uploads carry them.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from kluis.catalog import KluisError
+from kluis.stores.base import ObjectInfo, Store, check_name
+
+PAGE = 1000
+HAVE_BATCH = 10_000
+_RETRY_STATUS = (502, 503, 504)
+Verify = bool | str | ssl.SSLContext
+
+
+def pinned_context(cert_pem: str) -> ssl.SSLContext:
+    """A TLS context trusting exactly one certificate (the one in a vault credentials file)."""
+    ctx = ssl.create_default_context(cadata=cert_pem)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def _error_from(response: httpx.Response, url: str) -> KluisError:
+    """The catalog error a vault answered with, or VaultUnexpectedResponse."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("code"), str):
+        raw = body.get("params")
+        params: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        try:
+            return KluisError(body["code"], detail=body.get("detail"), **params)
+        except LookupError:
+            # A code this client does not know (version skew): keep the vault's own words.
+            return KluisError(
+                "VaultUnexpectedResponse",
+                url=url,
+                status=response.status_code,
+                detail=str(body.get("message", "")),
+            )
+    return KluisError("VaultUnexpectedResponse", url=url, status=response.status_code)
+
+
+def _transport_error(exc: httpx.TransportError, url: str) -> KluisError:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return KluisError("TlsHandshakeFailed", host=urlsplit(url).hostname or url, reason=str(cause))
+        cause = cause.__cause__ or cause.__context__
+    stage = "connect" if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) else "request"
+    return KluisError("100050", url=url, stage=stage, reason=str(exc) or type(exc).__name__)
+
+
+class _Http:
+    """An HTTP client with the vault's error mapping and retries."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        verify: Verify,
+        timeout: float,
+        retries: int,
+        backoff: float,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=self.base_url, headers=headers, verify=verify, timeout=timeout)
+        self.retries = max(1, retries)
+        self.backoff = backoff
+
+    def request(
+        self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs: Any
+    ) -> httpx.Response:
+        url = self.base_url + path
+        delay = self.backoff
+        for attempt in range(1, self.retries + 1):
+            try:
+                response = self.client.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt == self.retries:
+                    raise _transport_error(exc, url) from None
+            else:
+                if response.status_code in ok:
+                    return response
+                if response.status_code not in _RETRY_STATUS or attempt == self.retries:
+                    raise _error_from(response, url)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def api_request(
+    method: str,
+    base_url: str,
+    path: str,
+    *,
+    token: str | None,
+    params: dict[str, Any] | None = None,
+    json: Any = None,
+    verify: Verify = True,
+    timeout: float = 30.0,
+) -> Any:
+    """One JSON request to a vault's API (retried like the store's); the decoded answer."""
+    http = _Http(base_url, token, verify=verify, timeout=timeout, retries=3, backoff=0.5)
+    try:
+        response = http.request(method, path, ok=(200, 201, 202, 204), params=params, json=json)
+    finally:
+        http.close()
+    return response.json() if response.content else None
+
+
+class VaultStore(Store):
+    """The repository of ``repo_machine_id`` (default: the machine itself) in a vault."""
+
+    def __init__(
+        self,
+        url: str,
+        machine_id: str,
+        token: str,
+        *,
+        repo_machine_id: str | None = None,
+        item_id: str | None = None,
+        job_id: str | None = None,
+        verify: Verify = True,
+        timeout: float = 120.0,
+        retries: int = 6,
+        backoff: float = 0.5,
+    ) -> None:
+        self.vault_url = url.rstrip("/")
+        self.machine_id = machine_id
+        self.repo_machine_id = repo_machine_id or machine_id
+        self.item_id = item_id
+        self.job_id = job_id
+        self._token = token
+        self._verify = verify
+        self._timeout = timeout
+        self._retries = retries
+        self._backoff = backoff
+        self._prefix = f"/api/v1/machines/{self.repo_machine_id}/repo"
+        self.url = self.vault_url + self._prefix
+        self._http = _Http(
+            self.vault_url, token, verify=verify, timeout=timeout, retries=retries, backoff=backoff
+        )
+
+    def for_job(self, item_id: str | None, job_id: str | None) -> VaultStore:
+        """The same store, with recovery points recorded for a backup job."""
+        return VaultStore(
+            self.vault_url,
+            self.machine_id,
+            self._token,
+            repo_machine_id=self.repo_machine_id,
+            item_id=item_id,
+            job_id=job_id,
+            verify=self._verify,
+            timeout=self._timeout,
+            retries=self._retries,
+            backoff=self._backoff,
+        )
+
+    def _object(self, name: str) -> str:
+        return f"{self._prefix}/objects/{quote(check_name(name))}"
+
+    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        params: dict[str, str] = {}
+        if name.startswith("points/"):
+            if self.item_id:
+                params["item"] = self.item_id
+            if self.job_id:
+                params["job"] = self.job_id
+        body = bytes(data)
+        self._http.request(
+            "PUT",
+            self._object(name),
+            content=body,
+            params=params,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("negative offset or length")
+        if length == 0:
+            self.stat(name)  # a missing object is still an error
+            return b""
+        headers = {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            headers["Range"] = f"bytes={offset}-{end}"
+        try:
+            response = self._http.request("GET", self._object(name), ok=(200, 206), headers=headers)
+        except KluisError as exc:
+            if exc.code == "VaultUnexpectedResponse" and exc.params.get("status") == 416:
+                return b""  # the range starts past the end: no bytes
+            raise
+        return response.content
+
+    def stat(self, name: str) -> ObjectInfo:
+        try:
+            response = self._http.request("HEAD", self._object(name))
+        except KluisError as exc:
+            if exc.code == "VaultUnexpectedResponse" and exc.params.get("status") == 404:
+                raise self.not_found(name) from None
+            raise
+        return ObjectInfo(name, int(response.headers.get("content-length", "0")))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"prefix": prefix, "limit": PAGE}
+            if after is not None:
+                params["after"] = after
+            page = self._http.request("GET", f"{self._prefix}/objects", params=params).json()
+            for entry in page:
+                yield ObjectInfo(str(entry["name"]), int(entry["size"]))
+            if len(page) < PAGE:
+                return
+            after = str(page[-1]["name"])
+
+    def delete(self, name: str) -> None:
+        self._http.request("DELETE", self._object(name), ok=(200, 204))
+
+    def have(self, ids: Iterable[bytes]) -> set[bytes]:
+        """Which of these blob ids the vault holds for this repository."""
+        wanted = list(dict.fromkeys(ids))
+        found: set[bytes] = set()
+        for i in range(0, len(wanted), HAVE_BATCH):
+            batch = [b.hex() for b in wanted[i : i + HAVE_BATCH]]
+            answer = self._http.request("POST", f"{self._prefix}/have", json={"ids": batch}).json()
+            found.update(bytes.fromhex(h) for h in answer["have"])
+        return found
+
+    def close(self) -> None:
+        self._http.close()

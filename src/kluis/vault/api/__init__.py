@@ -1,0 +1,1 @@
+"""HTTP routers, one module per concept; ``kluis.vault.app`` mounts them under ``/api/v1``."""

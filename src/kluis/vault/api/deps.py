@@ -1,0 +1,78 @@
+"""Request dependencies: the vault context, the caller, and role checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from kluis.vault.auth import Principal, Role, authenticate
+from kluis.vault.context import VaultContext
+
+bearer = HTTPBearer(
+    auto_error=False, description="A user token (kluis_u_...) or machine token (kluis_m_...)."
+)
+
+
+def get_ctx(request: Request) -> VaultContext:
+    """The running vault's shared objects."""
+    ctx: VaultContext = request.app.state.ctx
+    return ctx
+
+
+def _token(creds: HTTPAuthorizationCredentials | None) -> str | None:
+    return creds.credentials if creds is not None else None
+
+
+def get_principal(
+    creds: HTTPAuthorizationCredentials | None = Depends(bearer), ctx: VaultContext = Depends(get_ctx)
+) -> Principal:
+    """The authenticated caller; AuthTokenInvalid (401) without a valid token."""
+    with ctx.db.read() as s:
+        return authenticate(s, _token(creds))
+
+
+def optional_principal(
+    creds: HTTPAuthorizationCredentials | None = Depends(bearer), ctx: VaultContext = Depends(get_ctx)
+) -> Principal | None:
+    """The caller when a token was sent (registration also accepts vault credentials)."""
+    token = _token(creds)
+    if not token:
+        return None
+    with ctx.db.read() as s:
+        return authenticate(s, token)
+
+
+def require(needed: Role, action: str) -> Callable[..., Principal]:
+    """A dependency: the caller must be a user with at least ``needed``."""
+
+    def check(principal: Principal = Depends(get_principal)) -> Principal:
+        principal.require(needed, action)
+        return principal
+
+    return check
+
+
+def machine_self(action: str) -> Callable[..., Principal]:
+    """A dependency: the caller must be the machine named in the path (its own token)."""
+
+    def check(machine_id: str, principal: Principal = Depends(get_principal)) -> Principal:
+        principal.require_machine(machine_id, action)
+        return principal
+
+    return check
+
+
+def any_machine(action: str) -> Callable[..., Principal]:
+    """A dependency: the caller must be a machine (which one is checked against the job)."""
+
+    def check(principal: Principal = Depends(get_principal)) -> Principal:
+        if not principal.is_machine:
+            principal.require_machine("", action)
+        return principal
+
+    return check
+
+
+READER = require(Role.READER, "read vault data")

@@ -1,0 +1,474 @@
+"""The repository object API's rules: every write is checked before it becomes visible.
+
+One repository per machine under ``machines/<id>/`` in the vault's store. What each
+object name may hold (see docs/api.md and the vault contract):
+
+- ``config``: written once; the same content again is accepted, other content is a conflict.
+- ``keys/<hex>``: a wrapped key set (JSON object); recorded in the database.
+- ``data/<hh>/<pack id>``: BLAKE3 of the body is the pack id and the trailer parses and adds
+  up; recorded (pack id, size, time). Uploading an existing pack again is accepted.
+- ``index/<id>``: BLAKE3 is the id, it parses, every pack it names is held; its entries
+  become blob rows.
+- ``refs/<point id>``: parses as a reference list.
+- ``points/<point id>``: parses; in one transaction the reference list exists, every blob it
+  names is a live blob row of this machine, and the recovery point row is created.
+
+Nothing is ever deleted through this API: only retention and garbage collection delete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kluis.catalog import KluisError
+from kluis.engine.format import (
+    FOOTER_SIZE,
+    decode_index,
+    decode_pack_trailer,
+    decode_point,
+    decode_refs,
+)
+from kluis.stores import ObjectInfo
+from kluis.vault.auth import Principal, Role
+from kluis.vault.context import VaultContext
+from kluis.vault.db.models import (
+    ACTIVE_JOB_STATUSES,
+    Blob,
+    GcState,
+    IndexFile,
+    Job,
+    KeySet,
+    Machine,
+    Pack,
+    ProtectedItem,
+    RecoveryPoint,
+)
+from kluis.vault.db.types import utcnow
+
+MAX_HAVE = 10_000
+_CHUNK = 500
+_ID = r"[0-9a-f]{64}"
+_POINT = r"[A-Za-z0-9_-]{1,128}"
+PATTERNS: dict[str, re.Pattern[str]] = {
+    "config": re.compile(r"config"),
+    "keys": re.compile(r"keys/([0-9a-f]{1,64})"),
+    "data": re.compile(rf"data/([0-9a-f]{{2}})/({_ID})"),
+    "index": re.compile(rf"index/({_ID})"),
+    "refs": re.compile(rf"refs/({_POINT})"),
+    "points": re.compile(rf"points/({_POINT})"),
+}
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A finished upload waiting for its checks: the bytes and their BLAKE3."""
+
+    name: str
+    data: bytes
+    blake3_hex: str
+
+
+def classify(name: str) -> tuple[str, str]:
+    """(kind, id) of an object name; ValidationFailed for names the format does not have."""
+    for kind, pattern in PATTERNS.items():
+        match = pattern.fullmatch(name)
+        if match:
+            ident = match.group(match.lastindex or 0) if match.lastindex else ""
+            if kind == "data" and match.group(1) != match.group(2)[:2]:
+                break
+            return kind, ident
+    raise KluisError("ValidationFailed", reason=f"{name!r} is not a repository object name")
+
+
+def check_prefix(prefix: str) -> str:
+    """A listing prefix must not escape the repository."""
+    if prefix.startswith("/") or ".." in prefix.split("/") or "\\" in prefix or "\x00" in prefix:
+        raise KluisError("ValidationFailed", reason=f"prefix {prefix!r} is not allowed")
+    return prefix
+
+
+def can_read(session: Session, principal: Principal, machine_id: str) -> None:
+    """Reads: the machine itself, a machine restoring from it, or a user with Operator or more."""
+    if principal.is_machine:
+        if principal.machine_id == machine_id:
+            return
+        restoring = session.scalars(
+            select(Job.params).where(
+                Job.machine_id == principal.machine_id,
+                Job.type == "Restore",
+                Job.status.in_(ACTIVE_JOB_STATUSES),
+            )
+        ).all()
+        if any((p or {}).get("source_machine_id") == machine_id for p in restoring):
+            return
+        principal.require_machine(machine_id, "read another machine's repository")
+    principal.require(Role.OPERATOR, "read a machine's repository")
+
+
+def _hexid(data: bytes) -> str:
+    return data.hex()
+
+
+def _chunks(values: Sequence[bytes], size: int = _CHUNK) -> Iterable[Sequence[bytes]]:
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+def live_blobs(session: Session, machine_id: str, ids: Sequence[bytes]) -> set[bytes]:
+    """Which of ``ids`` are live blobs of the machine."""
+    found: set[bytes] = set()
+    for chunk in _chunks(ids):
+        found.update(
+            session.scalars(
+                select(Blob.blob_id)
+                .where(Blob.machine_id == machine_id, Blob.deleted.is_(False), Blob.blob_id.in_(chunk))
+                .distinct()
+            )
+        )
+    return found
+
+
+def upsert_blobs(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert blob rows; rows already present become live again."""
+    if session.get_bind().dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        for i in range(0, len(rows), _CHUNK):
+            stmt = sqlite_insert(Blob).values(rows[i : i + _CHUNK])
+            session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["machine_id", "blob_id", "pack_id"], set_={"deleted": False}
+                )
+            )
+        return
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    for i in range(0, len(rows), _CHUNK):
+        pstmt = pg_insert(Blob).values(rows[i : i + _CHUNK])
+        session.execute(
+            pstmt.on_conflict_do_update(
+                index_elements=["machine_id", "blob_id", "pack_id"], set_={"deleted": False}
+            )
+        )
+
+
+def refuse_while_sweeping(session: Session, machine_id: str, what: str) -> None:
+    """RepoMaintenanceInProgress while GC sweeps the machine's repository (locks its GC row)."""
+    gc = session.scalar(select(GcState).where(GcState.machine_id == machine_id).with_for_update())
+    if gc is not None and gc.sweeping and gc.lease_until is not None and gc.lease_until > utcnow():
+        raise KluisError("RepoMaintenanceInProgress", machine=machine_id, what=what)
+
+
+class RepoService:
+    """Reads and checked writes of machine repositories."""
+
+    def __init__(self, ctx: VaultContext) -> None:
+        self.ctx = ctx
+        self.store = ctx.store
+
+    def full(self, machine_id: str, name: str) -> str:
+        """The store name of a repository object."""
+        return self.ctx.repo_prefix(machine_id) + name
+
+    def not_found(self, name: str) -> KluisError:
+        """StoreObjectNotFound naming the vault, not its storage path."""
+        return KluisError("StoreObjectNotFound", name=name, store=f"vault {self.ctx.config.vault_name}")
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def list_objects(self, machine_id: str, prefix: str, after: str | None, limit: int) -> list[ObjectInfo]:
+        """One page of objects under ``prefix``, by name."""
+        base = self.ctx.repo_prefix(machine_id)
+        names = sorted(
+            (ObjectInfo(o.name[len(base) :], o.size) for o in self.store.list(base + check_prefix(prefix))),
+            key=lambda o: o.name,
+        )
+        if after:
+            names = [o for o in names if o.name > after]
+        return names[:limit]
+
+    def stat(self, machine_id: str, name: str) -> ObjectInfo:
+        """Size of an object."""
+        classify(name)
+        try:
+            info = self.store.stat(self.full(machine_id, name))
+        except KluisError as exc:
+            if exc.code == "StoreObjectNotFound":
+                raise self.not_found(name) from None
+            raise
+        return ObjectInfo(name, info.size)
+
+    def read(self, machine_id: str, name: str, offset: int, length: int) -> bytes:
+        """A byte range of an object."""
+        try:
+            return self.store.get(self.full(machine_id, name), offset, length)
+        except KluisError as exc:
+            if exc.code == "StoreObjectNotFound":
+                raise self.not_found(name) from None
+            raise
+
+    def have(self, machine_id: str, ids: list[str]) -> list[str]:
+        """Which blob ids the machine's repository holds."""
+        if len(ids) > MAX_HAVE:
+            raise KluisError("ValidationFailed", reason=f"at most {MAX_HAVE} ids per request")
+        try:
+            raw = [bytes.fromhex(i) for i in ids]
+        except ValueError:
+            raise KluisError("ValidationFailed", reason="ids must be hex") from None
+        if any(len(r) != 32 for r in raw):
+            raise KluisError("ValidationFailed", reason="ids must be 64 hex digits")
+        with self.ctx.db.read() as s:
+            found = live_blobs(s, machine_id, raw)
+        return [i for i, r in zip(ids, raw, strict=True) if r in found]
+
+    # -- writes --------------------------------------------------------------------------
+
+    def put(
+        self, machine_id: str, upload: Upload, *, item_id: str | None, job_id: str | None
+    ) -> dict[str, Any]:
+        """Check and store one uploaded object; returns ``{"name", "size", "created"}``."""
+        kind, ident = classify(upload.name)
+        handler = {
+            "config": self._put_config,
+            "keys": self._put_key,
+            "data": self._put_pack,
+            "index": self._put_index,
+            "refs": self._put_refs,
+        }.get(kind)
+        if handler is not None:
+            created = handler(machine_id, ident, upload)
+        else:
+            created = self._put_point(machine_id, ident, upload, item_id, job_id)
+        return {"name": upload.name, "size": len(upload.data), "created": created}
+
+    def _same_or_conflict(self, machine_id: str, name: str, data: bytes) -> bool:
+        """True when the object exists with this content, False when absent; conflict otherwise."""
+        full = self.full(machine_id, name)
+        try:
+            existing = self.store.get(full)
+        except KluisError as exc:
+            if exc.code == "StoreObjectNotFound":
+                return False
+            raise
+        if existing != data:
+            raise KluisError("RepoObjectConflict", name=name)
+        return True
+
+    def _put_config(self, machine_id: str, _ident: str, up: Upload) -> bool:
+        try:
+            body = json.loads(up.data)
+        except (ValueError, UnicodeDecodeError):
+            raise KluisError("RepoUploadRejected", name=up.name, reason="it is not JSON") from None
+        if not isinstance(body, dict):
+            raise KluisError("RepoUploadRejected", name=up.name, reason="it is not a JSON object")
+        if self._same_or_conflict(machine_id, up.name, up.data):
+            return False
+        self.store.put(self.full(machine_id, up.name), up.data)
+        return True
+
+    def _put_key(self, machine_id: str, key_id: str, up: Upload) -> bool:
+        try:
+            body = json.loads(up.data)
+        except (ValueError, UnicodeDecodeError):
+            raise KluisError("RepoUploadRejected", name=up.name, reason="it is not JSON") from None
+        if not isinstance(body, dict):
+            raise KluisError("RepoUploadRejected", name=up.name, reason="it is not a JSON object")
+        text = up.data.decode()
+        with self.ctx.db.write() as s:
+            row = s.get(KeySet, (machine_id, key_id))
+            if row is not None and row.body != text:
+                raise KluisError("RepoObjectConflict", name=up.name)
+            if self._same_or_conflict(machine_id, up.name, up.data) and row is not None:
+                return False
+            if row is None:
+                s.add(KeySet(machine_id=machine_id, key_id=key_id, body=text))
+            self.store.put(self.full(machine_id, up.name), up.data)
+        return True
+
+    def _put_pack(self, machine_id: str, pack_hex: str, up: Upload) -> bool:
+        if up.blake3_hex != pack_hex:
+            raise KluisError("RepoUploadChecksumMismatch", name=up.name, actual=up.blake3_hex)
+        if len(up.data) < FOOTER_SIZE:
+            raise KluisError("RepoUploadRejected", name=up.name, reason="too short for a pack")
+        try:
+            entries = decode_pack_trailer(up.name, up.data, len(up.data))
+        except KluisError as exc:
+            raise KluisError("RepoUploadRejected", name=up.name, reason=exc.message) from None
+        pack_id = bytes.fromhex(pack_hex)
+        with self.ctx.db.read() as s:
+            row = s.get(Pack, (machine_id, pack_id))
+            if (
+                row is not None
+                and row.deleted_at is None
+                and self.store.exists(self.full(machine_id, up.name))
+            ):
+                return False  # a retried upload: already held
+        # Store first, record second: the store write is the slow part and must not hold
+        # the database's write lock; a pack stored but not yet recorded is unreferenced.
+        self.store.put(self.full(machine_id, up.name), up.data)
+        with self.ctx.db.write() as s:
+            row = s.get(Pack, (machine_id, pack_id))
+            if row is None:
+                s.add(
+                    Pack(machine_id=machine_id, pack_id=pack_id, size=len(up.data), blob_count=len(entries))
+                )
+            else:
+                row.size = len(up.data)
+                row.blob_count = len(entries)
+                row.created_at = utcnow()
+                row.deleted_at = None
+        return True
+
+    def _put_index(self, machine_id: str, index_hex: str, up: Upload) -> bool:
+        if up.blake3_hex != index_hex:
+            raise KluisError("RepoUploadChecksumMismatch", name=up.name, actual=up.blake3_hex)
+        try:
+            entries = list(decode_index(up.name, up.data))
+        except KluisError as exc:
+            raise KluisError("RepoUploadRejected", name=up.name, reason=exc.message) from None
+        with self.ctx.db.write() as s:
+            refuse_while_sweeping(s, machine_id, "adding an index file")
+            existing = s.get(IndexFile, (machine_id, index_hex))
+            if existing is not None and existing.deleted_at is None:
+                return False
+            packs: dict[bytes, Pack | None] = {}
+            for pid in {e.pack for e in entries}:
+                packs[pid] = s.get(Pack, (machine_id, pid))
+            rows = []
+            for e in entries:
+                pack = packs[e.pack]
+                if pack is None or pack.deleted_at is not None:
+                    reason = f"it names pack {_hexid(e.pack)}, which the vault does not hold"
+                    raise KluisError("RepoUploadRejected", name=up.name, reason=reason)
+                if e.offset + e.length > pack.size:
+                    reason = f"blob {_hexid(e.id)} lies outside pack {_hexid(e.pack)}"
+                    raise KluisError("RepoUploadRejected", name=up.name, reason=reason)
+                rows.append(
+                    {
+                        "machine_id": machine_id,
+                        "blob_id": e.id,
+                        "pack_id": e.pack,
+                        "type": e.type,
+                        "offset": e.offset,
+                        "length": e.length,
+                        "raw_length": e.raw_length,
+                        "deleted": False,
+                    }
+                )
+            if rows:
+                upsert_blobs(s, rows)
+            if existing is None:
+                s.add(IndexFile(machine_id=machine_id, index_id=index_hex, entries=len(rows)))
+            else:
+                existing.deleted_at = None
+                existing.entries = len(rows)
+            self.store.put(self.full(machine_id, up.name), up.data)
+        return True
+
+    def _put_refs(self, machine_id: str, point_id: str, up: Upload) -> bool:
+        try:
+            decode_refs(point_id, up.data)
+        except KluisError as exc:
+            raise KluisError("RepoUploadRejected", name=up.name, reason=exc.message) from None
+        with self.ctx.db.read() as s:
+            committed = s.get(RecoveryPoint, point_id) is not None
+        # The point is the commit: once it exists its reference list may no longer change.
+        if committed and self._same_or_conflict(machine_id, up.name, up.data):
+            return False
+        self.store.put(self.full(machine_id, up.name), up.data)
+        return True
+
+    def _put_point(
+        self, machine_id: str, point_id: str, up: Upload, item_id: str | None, job_id: str | None
+    ) -> bool:
+        try:
+            header, _sealed = decode_point(point_id, up.data)
+            when = dt.datetime.fromisoformat(str(header["time"]))
+            kind = str(header["kind"])
+        except KluisError as exc:
+            raise KluisError("RepoUploadRejected", name=up.name, reason=exc.message) from None
+        except (KeyError, ValueError):
+            raise KluisError(
+                "RepoUploadRejected", name=up.name, reason="the header lacks time or kind"
+            ) from None
+        if when.tzinfo is None:
+            raise KluisError("RepoUploadRejected", name=up.name, reason="the header's time has no time zone")
+        with self.ctx.db.write() as s:
+            refuse_while_sweeping(s, machine_id, "recording a recovery point")
+            existing = s.get(RecoveryPoint, point_id)
+            if existing is not None:
+                if existing.machine_id == machine_id and self._same_or_conflict(machine_id, up.name, up.data):
+                    return False
+                raise KluisError("RepoObjectConflict", name=up.name)
+            try:
+                refs = decode_refs(point_id, self.store.get(self.full(machine_id, f"refs/{point_id}")))
+            except KluisError as exc:
+                reason = f"its reference list refs/{point_id} was not uploaded first"
+                if exc.code != "StoreObjectNotFound":
+                    reason = f"its reference list cannot be read: {exc.message}"
+                raise KluisError("RepoUploadRejected", name=up.name, reason=reason) from None
+            found = live_blobs(s, machine_id, refs)
+            missing = [r for r in refs if r not in found]
+            if missing:
+                raise KluisError(
+                    "RepoPointIncomplete", point=point_id, count=len(missing), blob=missing[0].hex()
+                )
+            item, job = self._point_owner(s, machine_id, item_id, job_id)
+            size = header.get("size", header.get("bytes", 0))
+            s.add(
+                RecoveryPoint(
+                    id=point_id,
+                    machine_id=machine_id,
+                    item_id=item.id if item else None,
+                    job_id=job.id if job else None,
+                    kind=kind[:40],
+                    time=when,
+                    trigger=job.trigger if job else "Direct",
+                    header=header,
+                    refs_count=len(refs),
+                    size=size if isinstance(size, int) and size >= 0 else 0,
+                    retain_until=job.retain_until if job else None,
+                )
+            )
+            if job is not None:
+                job.result = {**(job.result or {}), "point_id": point_id}
+                job.updated_at = utcnow()
+            s.flush()
+            # The store write is the commit point of the agent's protocol; the row commits
+            # right after it, and a failed write rolls the row back.
+            self.store.put(self.full(machine_id, up.name), up.data)
+        return True
+
+    @staticmethod
+    def _point_owner(
+        s: Session, machine_id: str, item_id: str | None, job_id: str | None
+    ) -> tuple[ProtectedItem | None, Job | None]:
+        item = s.get(ProtectedItem, item_id) if item_id else None
+        if item_id and (item is None or item.machine_id != machine_id):
+            raise KluisError("ResourceNotFound", kind="protected item", name=item_id)
+        job = s.get(Job, job_id) if job_id else None
+        if job_id:
+            if job is None or job.machine_id != machine_id or job.type != "Backup":
+                raise KluisError("ResourceNotFound", kind="backup job", name=job_id)
+            if job.status not in ACTIVE_JOB_STATUSES:
+                raise KluisError("JobNotInProgress", job=job.id, state=job.status)
+            if item is None and job.item_id:
+                item = s.get(ProtectedItem, job.item_id)
+            elif item is not None and job.item_id != item.id:
+                raise KluisError("ValidationFailed", reason="the job belongs to another item")
+        return item, job
+
+
+def machine_exists(session: Session, machine_id: str) -> None:
+    """ResourceNotFound for machines that are not registered."""
+    machine = session.get(Machine, machine_id)
+    if machine is None or machine.deleted_at is not None:
+        raise KluisError("ResourceNotFound", kind="machine", name=machine_id)

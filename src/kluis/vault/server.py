@@ -1,0 +1,36 @@
+"""Run a vault process under uvicorn (``kluis vault serve``)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from kluis.vault.app import create_app
+from kluis.vault.config import VaultConfig
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) to its parts; ValueError when malformed."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"listen address {listen!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def serve(config: VaultConfig, *, log_level: str = "info") -> None:
+    """Serve the vault until interrupted (SIGINT/SIGTERM stop it cleanly)."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, port = split_listen(config.listen)
+    app = create_app(config)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        ssl_certfile=config.tls_cert,
+        ssl_keyfile=config.tls_key,
+        log_level=log_level,
+        access_log=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=10,
+    )
