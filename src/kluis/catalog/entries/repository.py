@@ -54,9 +54,7 @@ ENTRIES = [
         title="Key file damaged",
         message="The key file {name} cannot be read: {reason}.",
         causes=("The key file was truncated or edited.",),
-        actions=(
-            "Restore the key file from the vault (it keeps the wrapped key set) or from a copy.",
-        ),
+        actions=("Restore the key file from the vault (it keeps the wrapped key set) or from a copy.",),
         area="repository",
     ),
     CatalogEntry(
@@ -135,9 +133,7 @@ ENTRIES = [
         title="Directory listing damaged",
         message="A directory listing ({blob}) of recovery point {point} cannot be decoded: {reason}.",
         causes=("The tree blob decrypted but its content is not a valid listing.",),
-        actions=(
-            "Run `kluis verify --read-data`; restore from another recovery point.",
-        ),
+        actions=("Run `kluis verify --read-data`; restore from another recovery point.",),
         exit_code=5,
         area="repository",
     ),
@@ -209,12 +205,8 @@ ENTRIES = [
         code="BackupSourceMissing",
         title="Backup source does not exist",
         message="The path {path} to back up does not exist or cannot be read: {reason}.",
-        causes=(
-            "The folder was removed or renamed, or its volume is not mounted.",
-        ),
-        actions=(
-            "Mount the volume, or change the protected item's paths.",
-        ),
+        causes=("The folder was removed or renamed, or its volume is not mounted.",),
+        actions=("Mount the volume, or change the protected item's paths.",),
         area="backup",
     ),
     CatalogEntry(
