@@ -108,11 +108,13 @@ BAD_URLS = [
     ("s3://bucket/./a", "prefix"),
     ("s3://bucket?endpoint=ftp://host", "endpoint must be"),
     ("s3://bucket?endpoint=http://", "endpoint must be"),
+    ("s3://bucket?endpoint=http://u:p@host", "must not carry a query or credentials"),
     ("s3://bucket?secret_key=x", "unknown option"),
     ("s3://bucket?region=a&region=b", "given twice"),
     ("s3://bucket?create=maybe", "create must be 1 or 0"),
     ("s3://bucket?addressing=sideways", "addressing must be"),
-    ("s3://bucket?retries=-1", "retries must be positive"),
+    ("s3://bucket?retries=-1", "retries must be 0 or more"),
+    ("s3://bucket?region=no%20such/region", "not a region name"),
     ("s3://bucket?retries=1.5", "retries must be a number"),
     ("s3://bucket?connect_timeout=0", "connect_timeout must be positive"),
     ("s3://bucket?read_timeout=soon", "read_timeout must be a number"),
@@ -125,6 +127,7 @@ BAD_URLS = [
     ("azure://acct:key@vault", "credentials do not belong in the URL"),
     ("azure://vault/a/../b", "prefix"),
     ("azure://vault?account_url=127.0.0.1:10000", "account_url must be"),
+    ("azure://vault?account_url=https://a.blob.core.windows.net/%3Fsig%3Dx", "must not carry a query"),
     ("azure://vault?account_key=x", "unknown option"),
     ("azure://vault?create=2", "create must be 1 or 0"),
     ("azure://vault?retries=x", "retries must be a number"),
@@ -139,6 +142,14 @@ def test_rejects_bad_urls(url: str, why: str) -> None:
     assert info.value.code == "StoreUrlInvalid"
     assert info.value.params["url"] == url
     assert why in info.value.message
+
+
+def test_unknown_aws_profile_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_PROFILE", "kluis-no-such-profile")
+    with pytest.raises(KluisError) as info:
+        open_store("s3://my-bucket")
+    assert info.value.code == "StoreUnavailable"
+    assert "kluis-no-such-profile" in info.value.message
 
 
 def test_azure_needs_an_account() -> None:

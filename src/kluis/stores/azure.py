@@ -79,7 +79,9 @@ def _number(url: str, options: dict[str, str], key: str, default: float, *, inte
         value = int(options[key]) if integer else float(options[key])
     except ValueError:
         raise _invalid(url, f"{key} must be a number, not {options[key]!r}") from None
-    if value < 0 or (not integer and value == 0):
+    if integer and value < 0:
+        raise _invalid(url, f"{key} must be 0 or more, not {options[key]!r}")
+    if not integer and value <= 0:
         raise _invalid(url, f"{key} must be positive, not {options[key]!r}")
     return value
 
@@ -99,6 +101,9 @@ def _account_url(url: str, value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _invalid(url, f"account_url must be an http:// or https:// URL, not {value!r}")
+    if parts.query or parts.username or parts.password:
+        # A SAS token in the account URL would end up in the store's URL, which is not secret.
+        raise _invalid(url, f"account_url must not carry a query or credentials; use {ENV_CONNECTION_STRING}")
     return value.rstrip("/")
 
 
@@ -179,7 +184,7 @@ class AzureBlobStore(Store):
         if read_timeout != DEFAULT_READ_TIMEOUT:
             options["read_timeout"] = f"{read_timeout:g}"
         path = f"/{quote(self.prefix, safe='/')}" if self.prefix else ""
-        self.url = f"azure://{container}{path}?{urlencode(options, safe=':/')}"
+        self.url = f"azure://{container}{path}?{urlencode(options, safe=':/', quote_via=quote)}"
         self._service = BlobServiceClient(
             account_url,
             credential=credential,

@@ -39,6 +39,7 @@ _OPTIONS = frozenset(
     {"endpoint", "region", "create", "addressing", "retries", "connect_timeout", "read_timeout"}
 )
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_REGION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
 _DENIED = frozenset(
     {
@@ -88,7 +89,9 @@ def _number(url: str, options: dict[str, str], key: str, default: float, *, inte
         value = int(options[key]) if integer else float(options[key])
     except ValueError:
         raise _invalid(url, f"{key} must be a number, not {options[key]!r}") from None
-    if value < 0 or (not integer and value == 0):
+    if integer and value < 0:
+        raise _invalid(url, f"{key} must be 0 or more, not {options[key]!r}")
+    if not integer and value <= 0:
         raise _invalid(url, f"{key} must be positive, not {options[key]!r}")
     return value
 
@@ -108,6 +111,8 @@ def _endpoint(url: str, value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _invalid(url, f"endpoint must be an http:// or https:// URL, not {value!r}")
+    if parts.query or parts.username or parts.password:
+        raise _invalid(url, "the endpoint must not carry a query or credentials")
     return value.rstrip("/")
 
 
@@ -164,14 +169,17 @@ class S3Store(Store):
         if read_timeout != DEFAULT_READ_TIMEOUT:
             options["read_timeout"] = f"{read_timeout:g}"
         path = f"/{quote(self.prefix, safe='/')}" if self.prefix else ""
-        query = f"?{urlencode(options, safe=':/')}" if options else ""
+        query = f"?{urlencode(options, safe=':/', quote_via=quote)}" if options else ""
         self.url = f"s3://{bucket}{path}{query}"
 
-        session = boto3.session.Session(
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            aws_session_token=session_token,
-        )
+        try:
+            session = boto3.session.Session(
+                aws_access_key_id=access_key,
+                aws_secret_access_key=secret_key,
+                aws_session_token=session_token,
+            )
+        except BotoCoreError as exc:  # e.g. AWS_PROFILE names a profile that does not exist
+            raise self._translate(exc) from exc
         self.region = region or session.region_name or DEFAULT_REGION
         config = Config(
             connect_timeout=connect_timeout,
@@ -184,9 +192,12 @@ class S3Store(Store):
             s3={"addressing_style": addressing or ("path" if endpoint else "auto")},
             user_agent_extra="kluis",
         )
-        self._client: Any = session.client(
-            "s3", endpoint_url=endpoint, region_name=self.region, config=config
-        )
+        try:
+            self._client: Any = session.client(
+                "s3", endpoint_url=endpoint, region_name=self.region, config=config
+            )
+        except (BotoCoreError, ValueError) as exc:  # e.g. a region name that cannot be part of a host name
+            raise KluisError("StoreUrlInvalid", url=self.url, reason=_one_line(exc)) from exc
         self._bucket_checked = False
         if create:
             self._create_bucket()
@@ -213,11 +224,14 @@ class S3Store(Store):
         if addressing not in (None, "path", "virtual", "auto"):
             raise _invalid(url, f"addressing must be path, virtual or auto, not {addressing!r}")
         endpoint = _endpoint(url, options["endpoint"]) if options.get("endpoint") else None
+        region = options.get("region") or None
+        if region is not None and not _REGION_RE.match(region):
+            raise _invalid(url, f"{region!r} is not a region name (letters, digits, '-', '_', '.')")
         return cls(
             bucket,
             _prefix(url, parts.path),
             endpoint=endpoint,
-            region=options.get("region") or None,
+            region=region,
             create=_flag(url, options, "create"),
             addressing=addressing,
             retries=int(_number(url, options, "retries", DEFAULT_RETRIES, integer=True)),
