@@ -18,10 +18,17 @@ from kluis.stores import Store
 
 
 class Index:
-    """Blob id -> IndexEntry, plus the set of ids reserved by writers that have not uploaded yet."""
+    """Blob id -> IndexEntry, plus the set of ids reserved by writers that have not uploaded yet.
+
+    Entries are kept packed into one int per blob (pack number, offset, lengths, type,
+    flags) with pack ids stored once: about 150 bytes per blob instead of ~330 for an
+    object per entry, which is what lets large repositories fit in memory.
+    """
 
     def __init__(self) -> None:
-        self._entries: dict[bytes, IndexEntry] = {}
+        self._entries: dict[bytes, int] = {}
+        self._packs: list[bytes] = []
+        self._pack_no: dict[bytes, int] = {}
         self._pending: set[bytes] = set()
         self._lock = threading.Lock()
         self.loaded_files: set[str] = set()
@@ -32,13 +39,26 @@ class Index:
     def __contains__(self, blob_id: object) -> bool:
         return blob_id in self._entries
 
+    def _unpack(self, blob_id: bytes, v: int) -> IndexEntry:
+        return IndexEntry(
+            blob_id,
+            self._packs[v >> 104],
+            (v >> 4) & 0xF,
+            v & 0xF,
+            (v >> 72) & 0xFFFFFFFF,
+            (v >> 40) & 0xFFFFFFFF,
+            (v >> 8) & 0xFFFFFFFF,
+        )
+
     def get(self, blob_id: bytes) -> IndexEntry | None:
         """Where a blob lives, or None."""
-        return self._entries.get(blob_id)
+        v = self._entries.get(blob_id)
+        return None if v is None else self._unpack(blob_id, v)
 
     def entries(self) -> Iterator[IndexEntry]:
         """All known entries (a snapshot, safe while others add)."""
-        return iter(list(self._entries.values()))
+        items = list(self._entries.items())
+        return (self._unpack(k, v) for k, v in items)
 
     def reserve(self, blob_id: bytes) -> bool:
         """True when the caller should store this blob: nobody has it or is storing it."""
@@ -54,7 +74,14 @@ class Index:
         """Record uploaded blobs (first copy wins) and release their reservations."""
         with self._lock:
             for e in entries:
-                self._entries.setdefault(e.id, e)
+                no = self._pack_no.get(e.pack)
+                if no is None:
+                    no = self._pack_no[e.pack] = len(self._packs)
+                    self._packs.append(e.pack)
+                packed = (
+                    no << 104 | e.offset << 72 | e.length << 40 | e.raw_length << 8 | e.type << 4 | e.flags
+                )
+                self._entries.setdefault(e.id, packed)
                 self._pending.discard(e.id)
 
     def forget_pending(self) -> None:
@@ -72,6 +99,8 @@ class Index:
         if not self.loaded_files <= current:
             with self._lock:
                 self._entries.clear()
+                self._packs.clear()
+                self._pack_no.clear()
             self.loaded_files.clear()
         names = sorted(current - self.loaded_files)
         for name in names:
