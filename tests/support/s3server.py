@@ -66,9 +66,14 @@ class S3Server:
         # 10-15 s drain for a connection its own S3 gateway holds, so the grace is short:
         # the data is thrown away after the session anyway.
         stop(self.process, timeout=STOP_GRACE)
-        for port in self.ports:
-            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
-                sock.unlink(missing_ok=True)
+        remove_sockets(self.ports)
+
+
+def remove_sockets(ports: list[int]) -> None:
+    """Remove SeaweedFS's unix sockets for ``ports`` (it leaves them behind when killed)."""
+    for port in ports:
+        for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+            sock.unlink(missing_ok=True)
 
 
 def _http_status(port: int) -> int | None:
@@ -122,6 +127,8 @@ def start_s3_server(
     env["AWS_ACCESS_KEY_ID"] = access_key
     env["AWS_SECRET_ACCESS_KEY"] = secret_key
     log = workdir / "weed.log"
+    # The ports are free, so any socket named after one is stale (a killed run) and in the way.
+    remove_sockets(ports)
     process = spawn(args, log=log, env=env, cwd=workdir)
     server = S3Server(
         endpoint=f"http://127.0.0.1:{s3}",
