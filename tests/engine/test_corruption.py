@@ -156,3 +156,22 @@ def test_swapped_blobs_are_detected(tmp_path: Path) -> None:
     with pytest.raises(KluisError) as info:
         reopen(repo).load_blob(a)
     assert info.value.code == "RepoBlobCorrupt"
+
+
+def test_read_data_subset(tmp_path: Path) -> None:
+    os.environ["KLUIS_PACK_SIZE"] = str(256 * 1024)
+    try:
+        src = tmp_path / "src"
+        src.mkdir()
+        for i in range(40):
+            (src / f"f{i}").write_bytes(os.urandom(200_000))
+        repo = new_repo(tmp_path / "repo")
+        FileBackup(repo).run([src])
+    finally:
+        del os.environ["KLUIS_PACK_SIZE"]
+    packs = len(list(repo.store.list("data/")))
+    assert packs >= 20
+    half = verify(reopen(repo), subset_percent=50)
+    assert half.ok and abs(half.packs_read - packs / 2) <= 1
+    full = verify(reopen(repo), read_data=True)
+    assert full.ok and full.packs_read == packs and full.blobs_read >= 41
