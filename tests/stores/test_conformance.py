@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from kluis.catalog import KluisError
-from kluis.stores import LocalStore, Store
+from kluis.stores import Store
 
 
 def test_put_get_roundtrip(store: Store) -> None:
@@ -104,11 +104,8 @@ def test_binary_safe_large(store: Store) -> None:
     assert store.get("big", 8 * 1024 * 1024, 1024 * 1024 + 7) == data[8 * 1024 * 1024 :]
 
 
-def test_folder_of_names_is_not_an_object(store: Store, request: pytest.FixtureRequest) -> None:
+def test_folder_of_names_is_not_an_object(store: Store) -> None:
     # Object stores and file systems both have "folders" of a/b/c; none is an object itself.
-    if isinstance(store, LocalStore):
-        # Known defect, reported to the owner of stores/local.py: stat() of a directory succeeds.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="LocalStore.stat accepts directories"))
     store.put("data/00/a1", b"x")
     for folder in ("data", "data/00"):
         assert not store.exists(folder)

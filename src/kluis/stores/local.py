@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,11 +70,13 @@ class LocalStore(Store):
             raise ValueError("negative offset or length")
         try:
             fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise self.not_found(name) from None
         except OSError as exc:
             raise KluisError("StoreUnavailable", store=self.url, reason=exc.strerror) from exc
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise self.not_found(name)  # a "folder" of names is not an object
             if length is None:
                 length = max(0, os.fstat(fd).st_size - offset)
             return os.pread(fd, length, offset) if length else b""
@@ -83,8 +86,10 @@ class LocalStore(Store):
     def stat(self, name: str) -> ObjectInfo:
         try:
             st = os.stat(self._path(name))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise self.not_found(name) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise self.not_found(name)
         return ObjectInfo(name, st.st_size)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -117,9 +122,9 @@ class LocalStore(Store):
     def delete(self, name: str) -> None:
         try:
             os.unlink(self._path(name))
-        except FileNotFoundError:
-            return
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return  # missing, or a folder of names: neither is an object
         except OSError as exc:
-            if exc.errno == errno.ENOENT:
+            if exc.errno in (errno.ENOENT, errno.EISDIR, errno.EPERM) and os.path.isdir(self._path(name)):
                 return
             raise KluisError("StoreWriteFailed", name=name, store=self.url, reason=exc.strerror) from exc
