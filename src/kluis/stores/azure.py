@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
@@ -30,6 +30,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRe
 
 from kluis.catalog import KluisError
 from kluis.stores.base import ObjectInfo, Store, check_name
+from kluis.stores.urlopts import UrlOptions, invalid, prefix_from_path
 
 DEFAULT_RETRIES = 4
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -45,66 +46,6 @@ _CONTAINER_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _DENIED_STATUS = frozenset({401, 403})
 
 Credential = AzureNamedKeyCredential | AzureSasCredential
-
-
-def _invalid(url: str, reason: str) -> KluisError:
-    return KluisError("StoreUrlInvalid", url=url, reason=reason)
-
-
-def _query(url: str, query: str) -> dict[str, str]:
-    """The query options as a dict; unknown or repeated options are errors."""
-    options: dict[str, str] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in _OPTIONS:
-            raise _invalid(url, f"unknown option {key!r} (known: {', '.join(sorted(_OPTIONS))})")
-        if key in options:
-            raise _invalid(url, f"option {key!r} given twice")
-        options[key] = value
-    return options
-
-
-def _flag(url: str, options: dict[str, str], key: str) -> bool:
-    value = options.get(key, "0").lower()
-    if value in ("1", "true", "yes"):
-        return True
-    if value in ("0", "false", "no", ""):
-        return False
-    raise _invalid(url, f"{key} must be 1 or 0, not {value!r}")
-
-
-def _number(url: str, options: dict[str, str], key: str, default: float, *, integer: bool = False) -> float:
-    if key not in options:
-        return default
-    try:
-        value = int(options[key]) if integer else float(options[key])
-    except ValueError:
-        raise _invalid(url, f"{key} must be a number, not {options[key]!r}") from None
-    if integer and value < 0:
-        raise _invalid(url, f"{key} must be 0 or more, not {options[key]!r}")
-    if not integer and value <= 0:
-        raise _invalid(url, f"{key} must be positive, not {options[key]!r}")
-    return value
-
-
-def _prefix(url: str, path: str) -> str:
-    """The blob name prefix from the URL path: no leading/trailing slash, safe parts only."""
-    path = unquote(path).strip("/")
-    if path:
-        try:
-            check_name(path)
-        except ValueError:
-            raise _invalid(url, f"prefix {path!r} has empty, '.' or '..' parts") from None
-    return path
-
-
-def _account_url(url: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _invalid(url, f"account_url must be an http:// or https:// URL, not {value!r}")
-    if parts.query or parts.username or parts.password:
-        # A SAS token in the account URL would end up in the store's URL, which is not secret.
-        raise _invalid(url, f"account_url must not carry a query or credentials; use {ENV_CONNECTION_STRING}")
-    return value.rstrip("/")
 
 
 def parse_connection_string(text: str) -> dict[str, str]:
@@ -204,21 +145,25 @@ class AzureBlobStore(Store):
         """Open a store from ``azure://CONTAINER[/PREFIX][?options]``; StoreUrlInvalid when malformed."""
         parts = urlsplit(url)
         if parts.scheme != "azure":
-            raise _invalid(url, "the scheme must be azure://")
+            raise invalid(url, "the scheme must be azure://")
         if parts.fragment:
-            raise _invalid(url, "a '#' fragment is not allowed")
+            raise invalid(url, "a '#' fragment is not allowed")
         if "@" in parts.netloc:
-            raise _invalid(url, f"credentials do not belong in the URL; set {ENV_CONNECTION_STRING}")
+            raise invalid(url, f"credentials do not belong in the URL; set {ENV_CONNECTION_STRING}")
         container = parts.netloc
         if not container:
-            raise _invalid(url, "no container name")
+            raise invalid(url, "no container name")
         if not _CONTAINER_RE.match(container):
-            raise _invalid(url, f"{container!r} is not a valid container name (3-63 of a-z, 0-9, '-')")
-        options = _query(url, parts.query)
-        given = _account_url(url, options["account_url"]) if options.get("account_url") else None
+            raise invalid(url, f"{container!r} is not a valid container name (3-63 of a-z, 0-9, '-')")
+        options = UrlOptions(url, parts.query, _OPTIONS)
+        given = (
+            options.http_url("account_url", acc, hint=f"; use {ENV_CONNECTION_STRING}")
+            if (acc := options.get("account_url"))
+            else None
+        )
         endpoint, credential = credentials_from_env(given)
         if not endpoint:
-            raise _invalid(
+            raise invalid(
                 url,
                 f"no storage account: add account_url=... or set {ENV_CONNECTION_STRING} or {ENV_ACCOUNT}",
             )
@@ -230,13 +175,13 @@ class AzureBlobStore(Store):
             )
         return cls(
             container,
-            _prefix(url, parts.path),
+            prefix_from_path(url, parts.path),
             account_url=endpoint,
             credential=credential,
-            create=_flag(url, options, "create"),
-            retries=int(_number(url, options, "retries", DEFAULT_RETRIES, integer=True)),
-            connect_timeout=_number(url, options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
-            read_timeout=_number(url, options, "read_timeout", DEFAULT_READ_TIMEOUT),
+            create=options.flag("create"),
+            retries=int(options.number("retries", DEFAULT_RETRIES, integer=True)),
+            connect_timeout=options.number("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+            read_timeout=options.number("read_timeout", DEFAULT_READ_TIMEOUT),
         )
 
     # -- errors ---------------------------------------------------------------

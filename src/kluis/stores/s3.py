@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import boto3
 from botocore.config import Config
@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from kluis.catalog import KluisError
 from kluis.stores.base import ObjectInfo, Store, check_name
+from kluis.stores.urlopts import UrlOptions, invalid, prefix_from_path
 
 DEFAULT_RETRIES = 4
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -55,65 +56,6 @@ _DENIED = frozenset(
     }
 )
 _RANGE_NOT_SATISFIABLE = frozenset({"InvalidRange", "416", "RequestedRangeNotSatisfiable"})
-
-
-def _invalid(url: str, reason: str) -> KluisError:
-    return KluisError("StoreUrlInvalid", url=url, reason=reason)
-
-
-def _query(url: str, query: str) -> dict[str, str]:
-    """The query options as a dict; unknown or repeated options are errors."""
-    options: dict[str, str] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in _OPTIONS:
-            raise _invalid(url, f"unknown option {key!r} (known: {', '.join(sorted(_OPTIONS))})")
-        if key in options:
-            raise _invalid(url, f"option {key!r} given twice")
-        options[key] = value
-    return options
-
-
-def _flag(url: str, options: dict[str, str], key: str) -> bool:
-    value = options.get(key, "0").lower()
-    if value in ("1", "true", "yes"):
-        return True
-    if value in ("0", "false", "no", ""):
-        return False
-    raise _invalid(url, f"{key} must be 1 or 0, not {value!r}")
-
-
-def _number(url: str, options: dict[str, str], key: str, default: float, *, integer: bool = False) -> float:
-    if key not in options:
-        return default
-    try:
-        value = int(options[key]) if integer else float(options[key])
-    except ValueError:
-        raise _invalid(url, f"{key} must be a number, not {options[key]!r}") from None
-    if integer and value < 0:
-        raise _invalid(url, f"{key} must be 0 or more, not {options[key]!r}")
-    if not integer and value <= 0:
-        raise _invalid(url, f"{key} must be positive, not {options[key]!r}")
-    return value
-
-
-def _prefix(url: str, path: str) -> str:
-    """The key prefix from the URL path: no leading/trailing slash, safe parts only."""
-    path = unquote(path).strip("/")
-    if path:
-        try:
-            check_name(path)
-        except ValueError:
-            raise _invalid(url, f"prefix {path!r} has empty, '.' or '..' parts") from None
-    return path
-
-
-def _endpoint(url: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _invalid(url, f"endpoint must be an http:// or https:// URL, not {value!r}")
-    if parts.query or parts.username or parts.password:
-        raise _invalid(url, "the endpoint must not carry a query or credentials")
-    return value.rstrip("/")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -207,36 +149,36 @@ class S3Store(Store):
         """Open a store from ``s3://BUCKET[/PREFIX][?options]``; StoreUrlInvalid when malformed."""
         parts = urlsplit(url)
         if parts.scheme != "s3":
-            raise _invalid(url, "the scheme must be s3://")
+            raise invalid(url, "the scheme must be s3://")
         if parts.fragment:
-            raise _invalid(url, "a '#' fragment is not allowed")
+            raise invalid(url, "a '#' fragment is not allowed")
         if "@" in parts.netloc:
-            raise _invalid(
+            raise invalid(
                 url, "credentials do not belong in the URL; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
             )
         bucket = parts.netloc
         if not bucket:
-            raise _invalid(url, "no bucket name")
+            raise invalid(url, "no bucket name")
         if not _BUCKET_RE.match(bucket) or ".." in bucket:
-            raise _invalid(url, f"{bucket!r} is not a valid bucket name (3-63 of a-z, 0-9, '.', '-')")
-        options = _query(url, parts.query)
+            raise invalid(url, f"{bucket!r} is not a valid bucket name (3-63 of a-z, 0-9, '.', '-')")
+        options = UrlOptions(url, parts.query, _OPTIONS)
         addressing = options.get("addressing") or None
         if addressing not in (None, "path", "virtual", "auto"):
-            raise _invalid(url, f"addressing must be path, virtual or auto, not {addressing!r}")
-        endpoint = _endpoint(url, options["endpoint"]) if options.get("endpoint") else None
+            raise invalid(url, f"addressing must be path, virtual or auto, not {addressing!r}")
+        endpoint = options.http_url("endpoint", ep) if (ep := options.get("endpoint")) else None
         region = options.get("region") or None
         if region is not None and not _REGION_RE.match(region):
-            raise _invalid(url, f"{region!r} is not a region name (letters, digits, '-', '_', '.')")
+            raise invalid(url, f"{region!r} is not a region name (letters, digits, '-', '_', '.')")
         return cls(
             bucket,
-            _prefix(url, parts.path),
+            prefix_from_path(url, parts.path),
             endpoint=endpoint,
             region=region,
-            create=_flag(url, options, "create"),
+            create=options.flag("create"),
             addressing=addressing,
-            retries=int(_number(url, options, "retries", DEFAULT_RETRIES, integer=True)),
-            connect_timeout=_number(url, options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
-            read_timeout=_number(url, options, "read_timeout", DEFAULT_READ_TIMEOUT),
+            retries=int(options.number("retries", DEFAULT_RETRIES, integer=True)),
+            connect_timeout=options.number("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+            read_timeout=options.number("read_timeout", DEFAULT_READ_TIMEOUT),
         )
 
     # -- errors ---------------------------------------------------------------
