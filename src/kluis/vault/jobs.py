@@ -121,6 +121,7 @@ def record_instant(
         progress={"percent": 100.0},
     )
     session.add(job)
+    session.flush()
     return job
 
 

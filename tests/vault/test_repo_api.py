@@ -1,0 +1,270 @@
+"""The repository object API: every write is checked before it becomes visible.
+
+Also the agent's client for it (VaultStore) and the engine's Repository working
+through it end to end.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import func, select
+
+from kluis.catalog import KluisError
+from kluis.engine.format import BlobType, index_name, object_id, pack_name, point_name, refs_name
+from kluis.engine.repository import Repository
+from kluis.vault.db.models import Blob, IndexFile, Pack, RecoveryPoint
+from tests.vault.helpers import Agent, VaultServer, make_index, make_pack, make_point
+
+ROOT = "/api/v1/machines/{}/repo"
+
+
+@pytest.fixture(scope="module")
+def agent(vault: VaultServer) -> Agent:
+    """A registered machine whose repository the tests write."""
+    return Agent(vault).registered()
+
+
+def _count(vault: VaultServer, model: type, **where: object) -> int:
+    with vault.db.read() as s:
+        query = select(func.count()).select_from(model)
+        for key, value in where.items():
+            query = query.where(getattr(model, key) == value)
+        return int(s.scalar(query) or 0)
+
+
+def test_full_backup_through_the_api(vault: VaultServer, agent: Agent) -> None:
+    point_id = agent.backup()
+    with vault.db.read() as s:
+        point = s.get(RecoveryPoint, point_id)
+        assert point is not None and point.machine_id == agent.machine_id
+        assert point.refs_count == 3 and point.size == 12345 and point.kind == "files"
+    listed = agent.call(
+        "GET", ROOT.format(agent.machine_id) + "/objects", params={"prefix": "points/"}
+    ).json()
+    assert {"name": point_name(point_id), "size": listed[0]["size"]} in listed
+    assert vault.ok("GET", f"/api/v1/points/{point_id}")["refs"] == 3
+
+
+def test_bad_pack_hash_is_refused_and_not_stored(vault: VaultServer, agent: Agent) -> None:
+    pid, pack, _ = make_pack()
+    wrong = secrets.token_bytes(32)
+    response = agent.put(pack_name(wrong), pack)
+    assert response.status_code == 422 and response.json()["code"] == "RepoUploadChecksumMismatch"
+    assert response.json()["params"]["actual"] == pid.hex()
+    assert (
+        agent.call("HEAD", ROOT.format(agent.machine_id) + f"/objects/{pack_name(wrong)}").status_code == 404
+    )
+    assert _count(vault, Pack, machine_id=agent.machine_id, pack_id=wrong) == 0
+
+
+def test_damaged_pack_trailer_is_refused(vault: VaultServer, agent: Agent) -> None:
+    _, pack, _ = make_pack()
+    damaged = pack[:-20] + bytes(20)  # footer gone
+    response = agent.put(pack_name(object_id(damaged)), damaged)
+    assert response.status_code == 422 and response.json()["code"] == "RepoUploadRejected"
+    truncated = pack[10:]  # blob lengths no longer add up
+    response = agent.put(pack_name(object_id(truncated)), truncated)
+    assert response.status_code == 422 and response.json()["code"] == "RepoUploadRejected"
+
+
+def test_pack_upload_is_idempotent(vault: VaultServer, agent: Agent) -> None:
+    pid, pack, _ = make_pack()
+    first = agent.put(pack_name(pid), pack)
+    again = agent.put(pack_name(pid), pack)
+    assert first.json()["created"] is True and again.json()["created"] is False
+    assert _count(vault, Pack, machine_id=agent.machine_id, pack_id=pid) == 1
+
+
+def test_index_naming_a_missing_pack_is_refused(vault: VaultServer, agent: Agent) -> None:
+    _, _, entries = make_pack()  # the pack itself is never uploaded
+    name, data = make_index(entries)
+    response = agent.put(name, data)
+    assert response.status_code == 422 and response.json()["code"] == "RepoUploadRejected"
+    assert "does not hold" in response.json()["message"]
+    assert _count(vault, IndexFile, machine_id=agent.machine_id, index_id=name.split("/")[1]) == 0
+    assert _count(vault, Blob, machine_id=agent.machine_id, blob_id=entries[0].id) == 0
+    bad = agent.put(index_name(secrets.token_bytes(32)), data)
+    assert bad.status_code == 422 and bad.json()["code"] == "RepoUploadChecksumMismatch"
+
+
+def test_point_referencing_a_missing_blob_is_refused_and_nothing_recorded(
+    vault: VaultServer, agent: Agent
+) -> None:
+    pid, pack, entries = make_pack()
+    name, index = make_index(entries)
+    assert agent.put(pack_name(pid), pack).status_code == 200
+    assert agent.put(name, index).status_code == 200
+    missing = secrets.token_bytes(32)
+    point_id, refs, point = make_point([e.id for e in entries] + [missing])
+    assert agent.put(refs_name(point_id), refs).status_code == 200
+    response = agent.put(point_name(point_id), point)
+    assert response.status_code == 422 and response.json()["code"] == "RepoPointIncomplete"
+    assert response.json()["params"]["blob"] == missing.hex()
+    assert _count(vault, RecoveryPoint, id=point_id) == 0
+    head = agent.call("HEAD", ROOT.format(agent.machine_id) + f"/objects/{point_name(point_id)}")
+    assert head.status_code == 404
+
+
+def test_point_without_its_reference_list_is_refused(vault: VaultServer, agent: Agent) -> None:
+    point_id, _refs, point = make_point([])
+    response = agent.put(point_name(point_id), point)
+    assert response.status_code == 422 and "refs/" in response.json()["message"]
+    assert _count(vault, RecoveryPoint, id=point_id) == 0
+
+
+def test_point_header_must_name_the_point(vault: VaultServer, agent: Agent) -> None:
+    _point_id, refs, point = make_point([])
+    other = secrets.token_hex(16)
+    agent.put(refs_name(other), refs)
+    response = agent.put(point_name(other), point)
+    assert response.status_code == 422 and response.json()["code"] == "RepoUploadRejected"
+
+
+def test_config_once_and_keys(vault: VaultServer, agent: Agent) -> None:
+    first = agent.put("config", b'{"version": 1, "id": "abc"}')
+    assert first.status_code == 200
+    assert agent.put("config", b'{"version": 1, "id": "abc"}').json()["created"] is False
+    conflict = agent.put("config", b'{"version": 1, "id": "other"}')
+    assert conflict.status_code == 409 and conflict.json()["code"] == "RepoObjectConflict"
+    assert agent.put("config", b"not json").status_code == 422
+    assert agent.put("keys/0123abcd", b'{"version": 1}').status_code == 200
+    keys = agent.call("GET", f"/api/v1/machines/{agent.machine_id}/keys").json()
+    assert "0123abcd" in {k["id"] for k in keys}
+
+
+@pytest.mark.parametrize(
+    "name", ["other/thing", "data/ab/" + "cd" * 32, "index/xyz", "points/a b", "../config"]
+)
+def test_unknown_names_are_refused(agent: Agent, name: str) -> None:
+    response = agent.put(name, b"{}")
+    assert response.status_code in (404, 422), response.text
+    if response.status_code == 422:
+        assert response.json()["code"] == "ValidationFailed"
+
+
+def test_machines_cannot_delete(agent: Agent) -> None:
+    response = agent.call("DELETE", ROOT.format(agent.machine_id) + "/objects/config")
+    assert response.status_code == 403 and response.json()["code"] == "RepoDeleteNotAllowed"
+
+
+def test_upload_size_limit(make_vault: Callable[..., VaultServer]) -> None:
+    small = make_vault(pack_size_limit=4096).start()
+    try:
+        agent = Agent(small).registered()
+        pid, pack, _ = make_pack(count=2, size=3000)
+        response = agent.put(pack_name(pid), pack)
+        assert response.status_code == 413 and response.json()["code"] == "RepoUploadTooLarge"
+        # Without a Content-Length (chunked upload) the limit holds while streaming.
+        chunks = (pack[i : i + 1000] for i in range(0, len(pack), 1000))
+        streamed = agent.call(
+            "PUT", ROOT.format(agent.machine_id) + f"/objects/{pack_name(pid)}", content=chunks
+        )
+        assert streamed.status_code == 413
+        assert not list(
+            small.ok("GET", ROOT.format(agent.machine_id) + "/objects", params={"prefix": "data/"})
+        )
+    finally:
+        small.stop()
+
+
+def test_have_and_ranges(vault: VaultServer, agent: Agent) -> None:
+    pid, pack, entries = make_pack(count=2, size=5000)
+    agent.put(pack_name(pid), pack)
+    name, index = make_index(entries)
+    agent.put(name, index)
+    unknown = secrets.token_bytes(32).hex()
+    answer = agent.call(
+        "POST", ROOT.format(agent.machine_id) + "/have", json={"ids": [entries[0].id.hex(), unknown]}
+    ).json()
+    assert answer == {"have": [entries[0].id.hex()]}
+    url = ROOT.format(agent.machine_id) + f"/objects/{pack_name(pid)}"
+    part = agent.call("GET", url, headers={"Range": "bytes=10-19"})
+    assert part.status_code == 206 and part.content == pack[10:20]
+    assert part.headers["content-range"] == f"bytes 10-19/{len(pack)}"
+    assert agent.call("GET", url, headers={"Range": "bytes=-5"}).content == pack[-5:]
+    assert agent.call("GET", url, headers={"Range": f"bytes={len(pack)}-"}).status_code == 416
+    whole = agent.call("GET", url)
+    assert whole.status_code == 200 and whole.content == pack
+    too_many = agent.call("POST", ROOT.format(agent.machine_id) + "/have", json={"ids": ["00"] * 10001})
+    assert too_many.status_code == 422
+
+
+def test_reads_by_operator_and_not_by_other_machines(vault: VaultServer, agent: Agent) -> None:
+    agent.put("config", b'{"version": 1, "id": "abc"}')
+    url = ROOT.format(agent.machine_id) + "/objects/config"
+    assert vault.request("GET", url, token=vault.token_for("Operator")).status_code == 200
+    stranger = Agent(vault).registered()
+    denied = stranger.call("GET", url)
+    assert denied.status_code == 403 and denied.json()["code"] == "RoleForbidden"
+
+
+def test_vault_store_client(vault: VaultServer, agent: Agent) -> None:
+    store = agent.store()
+    try:
+        pid, pack, entries = make_pack(count=2, size=2000)
+        store.put(pack_name(pid), memoryview(pack))
+        assert store.get(pack_name(pid)) == pack
+        assert store.get(pack_name(pid), 100, 50) == pack[100:150]
+        assert store.get(pack_name(pid), len(pack) - 5, 100) == pack[-5:]
+        assert store.get(pack_name(pid), len(pack) + 10) == b""
+        assert store.get(pack_name(pid), 5, 0) == b""
+        assert store.stat(pack_name(pid)).size == len(pack)
+        assert store.exists(pack_name(pid)) and not store.exists("data/00/" + "00" * 32)
+        with pytest.raises(KluisError) as missing:
+            store.get("index/" + "11" * 32)
+        assert missing.value.code == "StoreObjectNotFound"
+        assert pack_name(pid) in {o.name for o in store.list("data/")}
+        name, index = make_index(entries)
+        store.put(name, index)
+        assert store.have([entries[0].id, b"\x01" * 32]) == {entries[0].id}
+        with pytest.raises(KluisError) as refused:
+            store.put(pack_name(b"\x02" * 32), pack)
+        assert refused.value.code == "RepoUploadChecksumMismatch"
+        with pytest.raises(KluisError) as no_delete:
+            store.delete("config")
+        assert no_delete.value.code == "RepoDeleteNotAllowed"
+    finally:
+        store.close()
+
+
+def test_vault_store_lists_in_pages(vault: VaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = Agent(vault).registered()
+    store = agent.store()
+    names = set()
+    for _ in range(7):
+        point_id, refs, _ = make_point([])
+        store.put(refs_name(point_id), refs)
+        names.add(refs_name(point_id))
+    monkeypatch.setattr("kluis.stores.vault.PAGE", 3)
+    assert {o.name for o in store.list("refs/")} == names
+    store.close()
+
+
+def test_vault_store_connection_errors_are_catalogued() -> None:
+    from kluis.stores.vault import VaultStore
+    from tests.support.ports import closed_port
+
+    store = VaultStore(f"http://127.0.0.1:{closed_port()}", "m", "kluis_m_x", retries=2, backoff=0.01)
+    with pytest.raises(KluisError) as info:
+        store.stat("config")
+    assert info.value.code == "100050"
+    store.close()
+
+
+def test_engine_repository_over_the_vault(vault: VaultServer) -> None:
+    agent = Agent(vault).registered()
+    store = agent.store()
+    try:
+        repo, _wrapped, _kek = Repository.init(store, "correct horse")
+        blobs = [repo.save_blob(BlobType.DATA, secrets.token_bytes(3000 + i)) for i in range(5)]
+        point_id = repo.save_point("files", {"root": "none"}, set(blobs))
+        assert vault.ok("GET", f"/api/v1/points/{point_id}")["refs"] == 5
+        again = Repository.open(store, passphrase="correct horse")
+        header, manifest = again.load_point(point_id)
+        assert manifest == {"root": "none"} and header["kind"] == "files"
+        assert len(again.load_blob(blobs[2])) == 3002
+    finally:
+        store.close()
