@@ -73,6 +73,7 @@ class Verifier:
         self._bad: set[bytes] = set()
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
+        self._disk_segments: set[bytes] = set()  # map segments already checked (shared by points)
 
     def _problem(self, error: KluisError, blobs: set[bytes] | None = None) -> None:
         with self._lock:
@@ -119,6 +120,11 @@ class Verifier:
             return
         root = manifest.get("root")
         if not root:
+            if manifest.get("disks"):
+                from kluis.engine.disk_verify import check_disk_point
+
+                for error, blobs in check_disk_point(self.repo, point_id, manifest, self._disk_segments):
+                    self._problem(error, blobs)
             return
         stack = [bytes.fromhex(str(root))]
         seen: set[bytes] = set()
