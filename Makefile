@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 DEB_PACKAGES := fuse3 libfuse3-dev pkg-config btrfs-progs xfsprogs e2fsprogs fdisk qemu-utils \
 	acl attr postgresql util-linux
 BENCH_DEB_PACKAGES := restic borgbackup hyperfine
+# make bench BENCH_ARGS="--quick --runs 1" for a fast check; see benchmarks/run.py --help.
+BENCH_ARGS ?= --profile
 
 .PHONY: demo test lint typecheck unit bench deps venv clean
 
@@ -44,7 +46,8 @@ demo: $(STAMP)
 bench: deps $(STAMP)
 	@missing=""; for p in $(BENCH_DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
-	$(PY) benchmarks/run.py
+	test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q py-spy
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,162 @@
+"""Running one command and measuring it: wall time, CPU time and peak RSS of that child alone.
+
+``os.wait4`` returns the rusage of exactly the process we started (plus any
+children it waited for), so each figure belongs to one command, unlike
+``getrusage(RUSAGE_CHILDREN)`` which keeps the maximum over every child ever.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count() or 1
+# Other engineers share this machine. Before each measured command, wait (up to max_wait seconds)
+# until the rest of the machine uses less than `threshold` cores; run.py sets this.
+QUIET_GATE = {"threshold": 0.3, "max_wait": 0.0}
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, steal) jiffies of all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return user + nice + system + irq + softirq, steal
+
+
+def busy_cores(interval: float = 1.0) -> float:
+    """Cores the whole machine keeps busy over ``interval`` seconds."""
+    b0, _ = _cpu_jiffies()
+    time.sleep(interval)
+    b1, _ = _cpu_jiffies()
+    return (b1 - b0) / CLK_TCK / interval
+
+
+def wait_quiet() -> float:
+    """Wait until the machine is nearly idle (or the gate's time is up); returns seconds waited."""
+    start = time.monotonic()
+    limit = QUIET_GATE["max_wait"]
+    while limit > 0 and time.monotonic() - start < limit:
+        if busy_cores() < QUIET_GATE["threshold"]:
+            break
+        time.sleep(4)
+    return time.monotonic() - start
+
+
+class CommandFailed(RuntimeError):
+    """A benchmarked command exited non-zero."""
+
+
+@dataclass
+class Measurement:
+    """One command's cost."""
+
+    argv: list[str]
+    seconds: float
+    cpu_seconds: float
+    max_rss_kib: int
+    returncode: int
+    stdout: str
+    stderr: str
+    other_cores: float = 0.0  # CPU used by everything else on the machine during the command
+    steal_cores: float = 0.0  # CPU the hypervisor took from this VM during the command
+    waited_for_quiet: float = 0.0
+
+    @property
+    def cores(self) -> float:
+        """Average number of cores busy (CPU time over wall time)."""
+        return self.cpu_seconds / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> dict[str, float | int]:
+        """The numbers, for results.json."""
+        return {
+            "seconds": round(self.seconds, 3),
+            "cpu_seconds": round(self.cpu_seconds, 3),
+            "cores": round(self.cores, 2),
+            "max_rss_mib": round(self.max_rss_kib / 1024, 1),
+            "other_cores": round(self.other_cores, 2),
+            "steal_cores": round(self.steal_cores, 2),
+            "waited_for_quiet": round(self.waited_for_quiet, 1),
+        }
+
+
+def measure(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 4 * 3600,
+    check: bool = True,
+    gate: bool = True,
+) -> Measurement:
+    """Run ``argv`` to completion and return its wall time, CPU time and peak RSS.
+
+    With ``gate``, first wait for the machine to go quiet (see QUIET_GATE).
+    """
+    waited = wait_quiet() if gate else 0.0
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        busy0, steal0 = _cpu_jiffies()
+        start = time.monotonic()
+        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=dict(env) if env else None, cwd=cwd)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _pid, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        seconds = time.monotonic() - start
+        busy1, steal1 = _cpu_jiffies()
+        # wait4 reaped the child: tell Popen so it does not wait again.
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        m = Measurement(
+            argv=list(argv),
+            seconds=seconds,
+            cpu_seconds=usage.ru_utime + usage.ru_stime,
+            max_rss_kib=usage.ru_maxrss,
+            returncode=proc.returncode,
+            stdout=out.read().decode(errors="replace"),
+            stderr=err.read().decode(errors="replace"),
+            waited_for_quiet=waited,
+        )
+        if seconds > 0:
+            cpu = usage.ru_utime + usage.ru_stime
+            m.other_cores = max(0.0, ((busy1 - busy0) / CLK_TCK - cpu) / seconds)
+            m.steal_cores = (steal1 - steal0) / CLK_TCK / seconds
+    if check and m.returncode != 0:
+        raise CommandFailed(
+            f"{shlex.join(m.argv)} exited {m.returncode}\n--- stderr (tail) ---\n{m.stderr[-3000:]}"
+            f"\n--- stdout (tail) ---\n{m.stdout[-2000:]}"
+        )
+    return m
+
+
+def run(argv: Sequence[str], *, check: bool = True, **kwargs: object) -> str:
+    """Run a helper command (not measured) and return its stdout."""
+    done = subprocess.run(list(argv), capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+    if check and done.returncode != 0:
+        raise CommandFailed(f"{shlex.join(argv)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+    return str(done.stdout)
+
+
+def sync() -> float:
+    """Flush dirty pages so one step's write-back does not land in the next step's time."""
+    start = time.monotonic()
+    os.sync()
+    return time.monotonic() - start
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes allocated on disk under ``path`` (``du -sB1``); 0 when it does not exist."""
+    if not path.exists():
+        return 0
+    return int(run(["du", "-sB1", str(path)]).split()[0])

@@ -1,0 +1,264 @@
+"""The three backup tools behind one small interface, each with its own repository and caches.
+
+Every instance owns one run directory: ``repo/`` (what we measure with du),
+``cache/`` (restic's cache, borg's base dir, Kluis's scratch) and ``restore/``.
+The run directory is deleted after the run to keep the disk in check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench_measure import Measurement, disk_usage, measure, run
+
+KLUIS = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "kluis"
+BORG_COMPRESSION = "zstd,3"
+# The CPU has SHA-NI, where borg's own docs say HMAC-SHA256 ("repokey") beats BLAKE2b.
+BORG_ENCRYPTION = "repokey"
+
+
+@dataclass
+class Backup:
+    """One backup: its cost, the snapshot it made, and what the tool itself reported."""
+
+    m: Measurement
+    snapshot: str
+    report: dict[str, Any]
+
+
+class Tool(ABC):
+    """One tool in one run directory."""
+
+    name: str
+    compression: str
+
+    def __init__(self, run_dir: Path, passphrase: str) -> None:
+        self.run_dir = run_dir
+        self.repo = run_dir / "repo"
+        self.cache = run_dir / "cache"
+        self.passphrase = passphrase
+
+    def reset(self) -> None:
+        """Start from an empty run directory."""
+        self.remove()
+        self.cache.mkdir(parents=True)
+
+    def remove(self) -> None:
+        """Delete repository, caches and restores of this run."""
+        if self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+
+    def repo_bytes(self) -> int:
+        """Bytes the repository takes on disk."""
+        return disk_usage(self.repo)
+
+    def cache_bytes(self) -> int:
+        """Bytes of the tool's local cache / scratch (not part of the repository)."""
+        return disk_usage(self.cache)
+
+    @abstractmethod
+    def env(self) -> dict[str, str]:
+        """Environment for this tool's commands."""
+
+    @abstractmethod
+    def init(self) -> Measurement:
+        """Create the repository."""
+
+    @abstractmethod
+    def backup(self, paths: Sequence[Path], name: str) -> Backup:
+        """Back ``paths`` up into a new snapshot called (or tagged) ``name``."""
+
+    @abstractmethod
+    def restore(self, snapshot: str, target: Path) -> Measurement:
+        """Restore a whole snapshot under ``target``."""
+
+    @abstractmethod
+    def verify(self) -> Measurement:
+        """Check the repository, reading and authenticating all data."""
+
+    @staticmethod
+    @abstractmethod
+    def version() -> str:
+        """The tool's version line."""
+
+    def _base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # Benchmarks use real KDF parameters.
+        env.pop("KLUIS_FAST_KDF", None)
+        return env
+
+
+class Kluis(Tool):
+    """Kluis through ``kluis repo`` on a local directory."""
+
+    name = "kluis"
+    compression = "zstd (engine default level, see meta; chunks that do not compress are stored raw)"
+
+    def __init__(self, run_dir: Path, passphrase: str) -> None:
+        super().__init__(run_dir, passphrase)
+        self.passfile = run_dir / "passphrase"
+        self.scratch: Path | None = None
+
+    def env(self) -> dict[str, str]:
+        env = self._base_env()
+        # restore/verify have no --scratch: their index cache goes to $XDG_CACHE_HOME/kluis/<id>.
+        env["XDG_CACHE_HOME"] = str(self.cache)
+        return env
+
+    def _common(self) -> list[str]:
+        return ["--repo", str(self.repo), "--passphrase-file", str(self.passfile)]
+
+    def init(self) -> Measurement:
+        self.passfile.write_text(self.passphrase + "\n")
+        m = measure([str(KLUIS), "repo", "init", *self._common(), "--json"], env=self.env(), gate=False)
+        repo_id = json.loads(m.stdout)["repository"]
+        # The same folder restore and verify use by default, so all commands share one index cache.
+        self.scratch = self.cache / "kluis" / repo_id
+        return m
+
+    def backup(self, paths: Sequence[Path], name: str) -> Backup:
+        assert self.scratch is not None, "init first"
+        argv = [str(KLUIS), "repo", "backup", *map(str, paths), *self._common()]
+        m = measure([*argv, "--scratch", str(self.scratch), "--json"], env=self.env())
+        report = json.loads(m.stdout)
+        return Backup(m, report["point_id"], report)
+
+    # >>> DISK-ENGINE HOOK ------------------------------------------------------------------------
+    # Kluis's disk-image engine (src/kluis/engine/disk_backup.py) is reached through
+    # `kluis repo backup-disk` once that command exists. Until then the image is backed up as one
+    # plain file through the file-tree engine, and RESULTS.md says so. To force one path or the
+    # other, set KLUIS_BENCH_DISK_MODE=disk|file. If `backup-disk` grows different options,
+    # adjust DISK_ARGV below; the JSON it prints must carry the recovery point id as "point_id".
+    DISK_ARGV = ("repo", "backup-disk")
+
+    @classmethod
+    def disk_engine_available(cls) -> bool:
+        """Whether this Kluis has the disk-image backup command."""
+        forced = os.environ.get("KLUIS_BENCH_DISK_MODE")
+        if forced in ("disk", "file"):
+            return forced == "disk"
+        done = subprocess.run([str(KLUIS), *cls.DISK_ARGV, "--help"], capture_output=True, check=False)
+        return done.returncode == 0
+
+    def backup_disk(self, image: Path, name: str) -> Backup:
+        """Back a disk image up: through the disk engine when available, else as a plain file."""
+        if not self.disk_engine_available():
+            return self.backup([image], name)
+        assert self.scratch is not None, "init first"
+        argv = [str(KLUIS), *self.DISK_ARGV, str(image), *self._common()]
+        m = measure([*argv, "--scratch", str(self.scratch), "--json"], env=self.env())
+        report = json.loads(m.stdout)
+        return Backup(m, str(report.get("point_id", "")), report)
+
+    # <<< DISK-ENGINE HOOK ------------------------------------------------------------------------
+
+    def restore(self, snapshot: str, target: Path) -> Measurement:
+        target.mkdir(parents=True, exist_ok=True)
+        argv = [str(KLUIS), "repo", "restore", snapshot, *self._common(), "--target", str(target), "--json"]
+        return measure(argv, env=self.env())
+
+    def verify(self) -> Measurement:
+        m = measure([str(KLUIS), "repo", "verify", "--read-data", *self._common(), "--json"], env=self.env())
+        if not json.loads(m.stdout).get("ok"):
+            raise RuntimeError(f"kluis verify reported problems: {m.stdout[-2000:]}")
+        return m
+
+    @staticmethod
+    def version() -> str:
+        commit = run(
+            ["git", "-C", str(KLUIS.parent.parent.parent), "rev-parse", "--short", "HEAD"], check=False
+        )
+        dirty = run(
+            ["git", "-C", str(KLUIS.parent.parent.parent), "status", "--porcelain", "--", "src/kluis/engine"],
+            check=False,
+        )
+        state = " (engine has uncommitted changes)" if dirty.strip() else ""
+        return f"kluis at git {commit.strip()}{state}"
+
+
+class Restic(Tool):
+    """restic with a local repository (format version 2, so compression is on)."""
+
+    name = "restic"
+    compression = "auto (restic's default: zstd, fastest level)"
+
+    def env(self) -> dict[str, str]:
+        env = self._base_env()
+        env.update(
+            RESTIC_PASSWORD=self.passphrase,
+            RESTIC_REPOSITORY=str(self.repo),
+            RESTIC_CACHE_DIR=str(self.cache),
+        )
+        return env
+
+    def init(self) -> Measurement:
+        return measure(["restic", "init", "--repository-version", "2"], env=self.env(), gate=False)
+
+    def backup(self, paths: Sequence[Path], name: str) -> Backup:
+        m = measure(
+            ["restic", "backup", "--json", "--host", "bench", "--tag", name, *map(str, paths)], env=self.env()
+        )
+        summary: dict[str, Any] = {}
+        for line in m.stdout.splitlines():
+            if '"summary"' in line:
+                summary = json.loads(line)
+        return Backup(m, str(summary["snapshot_id"]), summary)
+
+    def restore(self, snapshot: str, target: Path) -> Measurement:
+        return measure(["restic", "restore", snapshot, "--target", str(target)], env=self.env())
+
+    def verify(self) -> Measurement:
+        return measure(["restic", "check", "--read-data"], env=self.env())
+
+    @staticmethod
+    def version() -> str:
+        return run(["restic", "version"]).strip()
+
+
+class Borg(Tool):
+    """borg 1.x with a local repository."""
+
+    name = "borg"
+    compression = BORG_COMPRESSION
+    encryption = BORG_ENCRYPTION
+
+    def env(self) -> dict[str, str]:
+        env = self._base_env()
+        env.update(
+            BORG_PASSPHRASE=self.passphrase,
+            BORG_BASE_DIR=str(self.cache),
+            BORG_RELOCATED_REPO_ACCESS_IS_OK="yes",
+        )
+        return env
+
+    def init(self) -> Measurement:
+        argv = ["borg", "init", "--encryption", BORG_ENCRYPTION, str(self.repo)]
+        return measure(argv, env=self.env(), gate=False)
+
+    def backup(self, paths: Sequence[Path], name: str) -> Backup:
+        argv = ["borg", "create", "--json", "--compression", BORG_COMPRESSION, f"{self.repo}::{name}"]
+        m = measure([*argv, *map(str, paths)], env=self.env())
+        report = json.loads(m.stdout)
+        return Backup(m, name, report.get("archive", {}).get("stats", {}))
+
+    def restore(self, snapshot: str, target: Path) -> Measurement:
+        target.mkdir(parents=True, exist_ok=True)
+        return measure(["borg", "extract", f"{self.repo}::{snapshot}"], env=self.env(), cwd=target)
+
+    def verify(self) -> Measurement:
+        return measure(["borg", "check", "--verify-data", str(self.repo)], env=self.env())
+
+    @staticmethod
+    def version() -> str:
+        return run(["borg", "--version"]).strip()
+
+
+TOOLS: dict[str, type[Tool]] = {"kluis": Kluis, "restic": Restic, "borg": Borg}

@@ -1,0 +1,383 @@
+"""Side-by-side benchmark of Kluis, restic and borg (`make bench`); writes RESULTS.md and results.json.
+
+    .venv/bin/python benchmarks/run.py                  # full run: 3 runs per tool, corpus + disk image
+    .venv/bin/python benchmarks/run.py --quick --runs 1 # 500 MB subset, results under /work/bench-data
+    .venv/bin/python benchmarks/run.py --only kluis,restic --skip-disk
+    .venv/bin/python benchmarks/run.py --profile-only   # py-spy profile of Kluis, merged into RESULTS.md
+    .venv/bin/python benchmarks/run.py --render         # re-render RESULTS.md from results.json
+
+Per run and tool, on a fresh repository: first backup, no-change re-backup,
+backup after appending 13 bytes to every 100th file (undone afterwards), full
+restore of the first snapshot (checked), read-data verify. Then the disk image:
+backup, rewrite 1% of its 4 KiB blocks, backup again. Runs are interleaved
+(run 1 of every tool, then run 2, ...) so slow drift of the machine hits all
+tools alike. results.json and RESULTS.md are rewritten after every run, so a
+long run can be followed and an interrupted one still leaves its numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_corpus import (  # noqa: E402
+    CorpusInfo,
+    appended,
+    check_restore,
+    prepare_full,
+    prepare_subset,
+    restored_root,
+    warm_up,
+)
+from bench_disk import build_image, fresh_copy, rewrite_blocks  # noqa: E402
+from bench_measure import QUIET_GATE, disk_usage, sync  # noqa: E402
+from bench_report import evaluate_targets, machine, medians, render  # noqa: E402
+from bench_tools import TOOLS, Kluis, Tool  # noqa: E402
+
+SOURCES = ["/usr/lib", "/usr/share"]
+PASSPHRASE = "kluis-benchmark-passphrase-not-secret"
+FULL_IMAGE = (4 * 2**30, 3_500_000_000)
+QUICK_IMAGE = (512 * 2**20, 440_000_000)
+QUICK_BYTES = 500_000_000
+
+
+def log(msg: str) -> None:
+    """Progress line with a timestamp."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def tree_run(tool: Tool, corpus: CorpusInfo, i: int) -> dict[str, Any]:
+    """One file-tree run of one tool on a fresh repository."""
+    tool.reset()
+    rec: dict[str, Any] = {"run": i}
+    try:
+        rec["init"] = tool.init().summary()
+        _bytes, warm_s = warm_up([corpus.root])
+        rec["warm_up_seconds"] = round(warm_s, 2)
+        sync()
+        first = tool.backup([corpus.root], f"first-{i}")
+        rec["first"] = {
+            **first.m.summary(),
+            "mb_s": corpus.bytes / first.m.seconds / 1e6,
+            "report": first.report,
+        }
+        rec["first_sync_after_seconds"] = round(sync(), 2)
+        rec["repo_bytes"] = tool.repo_bytes()
+        rec["cache_bytes_after_first"] = tool.cache_bytes()
+        log(
+            f"  {tool.name} run {i}: first backup {first.m.seconds:.1f} s "
+            f"({rec['first']['mb_s']:.0f} MB/s, {first.m.cores:.2f} cores, "
+            f"{first.m.max_rss_kib / 1024:.0f} MiB), repo {rec['repo_bytes'] / 1e6:.0f} MB"
+        )
+
+        again = tool.backup([corpus.root], f"nochange-{i}")
+        rec["nochange"] = {**again.m.summary(), "report": again.report}
+        sync()
+        before = tool.repo_bytes()
+        with appended(corpus) as change:
+            sync()
+            app = tool.backup([corpus.root], f"append-{i}")
+        sync()
+        after = tool.repo_bytes()
+        rec["append"] = {
+            **app.m.summary(),
+            **{f"changed_{k}": v for k, v in change.items()},
+            "bytes_added": after - before,
+            "report": app.report,
+        }
+        log(
+            f"  {tool.name} run {i}: no-change {again.m.seconds:.2f} s; append {app.m.seconds:.2f} s "
+            f"+{(after - before) / 1e6:.1f} MB"
+        )
+
+        target = tool.run_dir / "restore"
+        restore = tool.restore(first.snapshot, target)
+        sync_after = sync()
+        check = check_restore(corpus, restored_root(target, corpus.root))
+        rec["restore"] = {
+            **restore.summary(),
+            "mb_s": corpus.bytes / restore.seconds / 1e6,
+            "sync_after_seconds": round(sync_after, 2),
+            "check": check,
+        }
+        shutil.rmtree(target)
+        sync()
+        verify = tool.verify()
+        rec["verify"] = verify.summary()
+        log(
+            f"  {tool.name} run {i}: restore {restore.seconds:.1f} s ({rec['restore']['mb_s']:.0f} MB/s, "
+            f"complete={check['complete']}); verify {verify.seconds:.1f} s"
+        )
+        steps = [first.m, again.m, app.m, restore, verify]
+        rec["peak_rss_mib"] = round(max(m.max_rss_kib for m in steps) / 1024, 1)
+    finally:
+        tool.remove()
+    return rec
+
+
+def disk_run(tool: Tool, pristine: Path, work: Path, i: int) -> dict[str, Any]:
+    """One disk-image run of one tool: backup, rewrite 1% of the blocks, backup again."""
+    tool.reset()
+    rec: dict[str, Any] = {"run": i}
+    try:
+        tool.init()
+        fresh_copy(pristine, work)
+        size = work.stat().st_size
+
+        def backup(name: str) -> Any:
+            if isinstance(tool, Kluis):
+                return tool.backup_disk(work, name)
+            return tool.backup([work], name)
+
+        warm_up([work])
+        sync()
+        first = backup(f"disk1-{i}")
+        sync()
+        rec["first"] = {**first.m.summary(), "mb_s": size / first.m.seconds / 1e6, "report": first.report}
+        rec["repo_bytes"] = tool.repo_bytes()
+        rec["rewrite"] = rewrite_blocks(work)
+        warm_up([work])
+        sync()
+        second = backup(f"disk2-{i}")
+        sync()
+        rec["second"] = {**second.m.summary(), "report": second.report}
+        rec["bytes_added"] = tool.repo_bytes() - rec["repo_bytes"]
+        rec["peak_rss_mib"] = round(max(first.m.max_rss_kib, second.m.max_rss_kib) / 1024, 1)
+        log(
+            f"  {tool.name} disk run {i}: first {first.m.seconds:.1f} s, "
+            f"repo {rec['repo_bytes'] / 1e6:.0f} MB; "
+            f"after rewrite {second.m.seconds:.1f} s, +{rec['bytes_added'] / 1e6:.1f} MB"
+        )
+    finally:
+        tool.remove()
+        work.unlink(missing_ok=True)
+    return rec
+
+
+def kluis_settings() -> dict[str, Any]:
+    """Engine defaults worth printing beside the numbers (read from the installed Kluis)."""
+    out: dict[str, Any] = {}
+    try:
+        from kluis.engine.blobs import compression_level
+
+        out["zstd_level"] = compression_level()
+    except Exception as exc:  # the engine is under active development; the figure is informative only
+        out["zstd_level_error"] = repr(exc)
+    return out
+
+
+def notes(args: argparse.Namespace, disk_mode: str | None) -> list[str]:
+    """The method notes printed under 'Method'."""
+    n = [
+        "Caches cannot be dropped on this machine, so every first backup starts from a warm page cache: "
+        "the whole corpus (or image) is read once, cat-style with two threads, right before it. "
+        "The machine's RAM holds corpus, repository and restore at once.",
+        "`sync` runs before every timed step (not timed), so one step's write-back does not land in the "
+        "next one. Restore times are the tools' own; the `sync` after each restore is recorded separately "
+        "in results.json (`restore.sync_after_seconds`).",
+        "Times are wall-clock of the tool's process; peak RSS and CPU time come from `wait4()` "
+        "on that process.",
+        "Repository size and growth are `du -sB1` of the repository directory (caches, Kluis's scratch "
+        "folder and borg's files cache are outside it).",
+        "Append step: 13 bytes appended to every 100th regular file (sorted by path, one change per inode), "
+        "backed up, then truncated back and the mtimes restored.",
+        "Restore: the first backup's snapshot, restored whole into an empty folder and checked "
+        "(file count, bytes, 100 seeded sample files by hash), then deleted.",
+        "Verify: `kluis repo verify --read-data`, `restic check --read-data`, `borg check --verify-data`.",
+        f"restic: repository format 2, compression {TOOLS['restic'].compression}. "
+        f"borg: `--compression {TOOLS['borg'].compression}`, encryption `repokey` (HMAC-SHA256 + AES-CTR; "
+        "the CPU has SHA-NI). Kluis: real argon2 KDF parameters (KLUIS_FAST_KDF unset), default threads.",
+    ]
+    if args.quiet_wait > 0:
+        n.append(
+            "The machine is shared with other engineers' test runs. Before each measured command the "
+            f"harness waited (up to {args.quiet_wait:.0f} s) until the rest of the machine kept fewer than "
+            f"{args.quiet_threshold} cores busy; what else ran during each command is recorded "
+            "(`other_cores`, from /proc/stat minus the tool's own CPU time) and summarised below."
+        )
+    if disk_mode:
+        n.append(f"Disk image: Kluis {disk_mode}.")
+    if args.quick:
+        n.append("QUICK MODE: a 500 MB subset and a small image; not the figures the issue asks for.")
+    return n
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    """results.json and RESULTS.md, from the current state."""
+    results["medians"] = medians(results)
+    results["targets"] = evaluate_targets(results["medians"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    render_file(out)
+
+
+def render_file(out: Path) -> None:
+    """RESULTS.md from results.json, profile.json and profile_notes.md in ``out``."""
+    results = json.loads((out / "results.json").read_text())
+    prof_path = out / "profile.json"
+    notes_path = out / "profile_notes.md"
+    profile = json.loads(prof_path.read_text()) if prof_path.exists() else None
+    text = render(results, profile, notes_path.read_text() if notes_path.exists() else None)
+    (out / "RESULTS.md").write_text(text)
+
+
+def main() -> int:
+    """Entry point."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3, help="runs per tool (medians are reported)")
+    p.add_argument("--only", default="kluis,restic,borg", help="comma-separated tools")
+    p.add_argument("--skip-disk", action="store_true", help="leave out the disk-image benchmark")
+    p.add_argument("--skip-tree", action="store_true", help="leave out the file-tree benchmark")
+    p.add_argument("--quick", action="store_true", help="500 MB subset and a small image, for a fast check")
+    p.add_argument("--data", type=Path, default=Path(os.environ.get("BENCH_DATA", "/work/bench-data")))
+    p.add_argument(
+        "--out", type=Path, help="where results go (default: benchmarks/, quick: DATA/quick-results)"
+    )
+    p.add_argument("--refresh-corpus", action="store_true", help="copy the corpus again")
+    p.add_argument("--profile", action="store_true", help="after the runs, profile Kluis with py-spy")
+    p.add_argument("--profile-only", action="store_true", help="only profile Kluis with py-spy")
+    p.add_argument("--render", action="store_true", help="only re-render RESULTS.md from results.json")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=240.0,
+        help="before each measured command, wait up to this many seconds for the rest of the machine "
+        "to go quiet (it is shared); 0 disables",
+    )
+    p.add_argument(
+        "--quiet-threshold", type=float, default=0.3, help="'quiet' means fewer busy cores than this"
+    )
+    args = p.parse_args()
+    QUIET_GATE.update(threshold=args.quiet_threshold, max_wait=args.quiet_wait)
+
+    out: Path = args.out or (args.data / "quick-results" if args.quick else HERE)
+    if args.render:
+        render_file(out)
+        return 0
+    if os.geteuid() != 0 and not args.skip_disk:
+        print(
+            "the disk-image benchmark loop-mounts an image: run as root or pass --skip-disk", file=sys.stderr
+        )
+        return 2
+    tools = [t.strip() for t in args.only.split(",") if t.strip()]
+    unknown = set(tools) - set(TOOLS)
+    if unknown:
+        p.error(f"unknown tools: {', '.join(sorted(unknown))}")
+    for name in tools:
+        if name != "kluis" and not shutil.which(name):
+            p.error(f"{name} is not installed (make bench installs it)")
+
+    data: Path = args.data
+    (data / "repos").mkdir(parents=True, exist_ok=True)
+    full = prepare_full(data / "corpus", SOURCES, refresh=args.refresh_corpus)
+    corpus = prepare_subset(full, data / "corpus-quick", QUICK_BYTES) if args.quick else full
+
+    if args.profile_only:
+        from bench_profile import profile_kluis
+
+        (out / "profile.json").write_text(
+            json.dumps(profile_kluis(corpus, data, PASSPHRASE), indent=1) + "\n"
+        )
+        if (out / "results.json").exists():
+            render_file(out)
+        return 0
+
+    disk_mode: str | None = None
+    results: dict[str, Any] = {
+        "meta": {
+            "mode": "quick" if args.quick else "full",
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "finished": None,
+            "runs": args.runs,
+            "machine": machine(),
+            "versions": {name: TOOLS[name].version() for name in tools},
+            "compression": {name: TOOLS[name].compression for name in tools},
+            "kluis_settings": kluis_settings() if "kluis" in tools else {},
+            "corpus": corpus.describe(),
+            "corpus_sources": SOURCES,
+            "kluis_disk_mode": disk_mode,
+            "notes": notes(args, disk_mode),
+        },
+        "tools": tools,
+        "tree_runs": {t: [] for t in tools},
+        "disk_runs": {t: [] for t in tools},
+    }
+    if "kluis" in tools:
+        level = results["meta"]["kluis_settings"].get("zstd_level")
+        results["meta"]["compression"]["kluis"] = (
+            f"zstd level {level} (engine default; raw when incompressible)"
+        )
+
+    def one(name: str, i: int, kind: str) -> None:
+        tool = TOOLS[name](data / "repos" / f"{name}-{kind}-{i}", PASSPHRASE)
+        try:
+            if kind == "tree":
+                results["tree_runs"][name].append(tree_run(tool, corpus, i))
+            else:
+                results["disk_runs"][name].append(disk_run(tool, pristine, work, i))
+        except Exception:
+            log(f"  {name} {kind} run {i} FAILED:\n{traceback.format_exc()}")
+            results.setdefault("failures", []).append(
+                {"tool": name, "kind": kind, "run": i, "error": traceback.format_exc()[-3000:]}
+            )
+        write_outputs(results, out)
+
+    log(f"corpus {corpus.root}: {corpus.count} files, {corpus.bytes / 1e9:.2f} GB; tools {', '.join(tools)}")
+    if not args.skip_tree:
+        for i in range(1, args.runs + 1):
+            for name in tools:
+                log(f"file tree, run {i}/{args.runs}: {name}")
+                one(name, i, "tree")
+    if not args.skip_disk:
+        size, fill = QUICK_IMAGE if args.quick else FULL_IMAGE
+        # Not data/"disk": benchmarks/disk_blocksize.py owns that folder and deletes it.
+        pristine = data / "image" / ("pristine-quick.img" if args.quick else "pristine.img")
+        work = data / "image" / "work.img"
+        log(f"disk image {pristine} ({size / 2**30:.1f} GiB, fill {fill / 1e9:.2f} GB): preparing")
+        info = build_image(pristine, full, size=size, fill=fill)
+        results["meta"]["disk_image"] = info
+        if "kluis" in tools:
+            # Decided once, when the disk phase starts (the disk engine is being written meanwhile),
+            # so every run of this phase takes the same path.
+            use_disk = Kluis.disk_engine_available()
+            os.environ.setdefault("KLUIS_BENCH_DISK_MODE", "disk" if use_disk else "file")
+            disk_mode = (
+                "through its disk-image engine (`kluis repo backup-disk`)"
+                if use_disk
+                else "AS A SINGLE PLAIN FILE through the file-tree engine (the disk-image command "
+                "`kluis repo backup-disk` did not exist yet when this phase started)"
+            )
+            results["meta"]["kluis_disk_mode"] = disk_mode
+            results["meta"]["notes"] = notes(args, disk_mode)
+        for i in range(1, args.runs + 1):
+            for name in tools:
+                log(f"disk image, run {i}/{args.runs}: {name}")
+                one(name, i, "disk")
+        if results["disk_runs"].get(tools[0]):
+            results["meta"]["disk_image"]["rewrite"] = results["disk_runs"][tools[0]][0]["rewrite"]
+    results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    results["meta"]["repos_left_bytes"] = disk_usage(data / "repos")
+    write_outputs(results, out)
+    if args.profile and "kluis" in tools:
+        from bench_profile import profile_kluis
+
+        (out / "profile.json").write_text(
+            json.dumps(profile_kluis(corpus, data, PASSPHRASE), indent=1) + "\n"
+        )
+        render_file(out)
+    log(f"done: {out / 'RESULTS.md'}")
+    return 1 if results.get("failures") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
