@@ -8,6 +8,7 @@ bytes (the vault never decrypts, so random blob contents are as good as real one
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import secrets
@@ -70,6 +71,26 @@ class VaultServer:
         self.log = data / "server.log"
         self._tokens: dict[str, str] = {}
         self._client: httpx.Client | None = None
+
+    @classmethod
+    def sharing(cls, other: VaultServer, data: Path) -> VaultServer:
+        """A second process of the same vault: same id, database and store, its own port."""
+        self = cls.__new__(cls)
+        data.mkdir(parents=True, exist_ok=True)
+        self.data = data
+        self.port = free_port()
+        cfg = VaultConfig(**{f.name: getattr(other.config, f.name) for f in dataclasses.fields(VaultConfig)})
+        cfg.listen = f"127.0.0.1:{self.port}"
+        cfg.save(data / CONFIG_NAME)
+        self.config = cfg
+        self.db = open_database(cfg.db_url, cfg.vault_id)
+        self.admin_token = other.admin_token
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = None
+        self.log = data / "server.log"
+        self._tokens = dict(other._tokens)
+        self._client = None
+        return self
 
     # -- process ---------------------------------------------------------------------------
 

@@ -58,9 +58,10 @@ def init(
     admin: Annotated[str, typer.Option("--admin", help="Name of the first admin user.")] = "admin",
     listen: Annotated[str | None, typer.Option("--listen", help="HOST:PORT to serve on.")] = None,
     url: Annotated[str | None, typer.Option("--url", help="The URL agents use to reach the vault.")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="Database URL instead of DATA/vault.db.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a vault in DATA: configuration, SQLite database, local store, first admin user."""
+    """Create a vault in DATA: configuration, database (SQLite unless --db), local store, first admin."""
 
     def body() -> None:
         import socket
@@ -75,14 +76,16 @@ def init(
             raise KluisError("VaultConfigInvalid", path=str(path), reason="a vault is already set up there")
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
         cfg = new_config(data, name or socket.gethostname().split(".")[0], listen=listen, url=url)
-        db = open_database(cfg.db_url, cfg.vault_id)
+        if db:
+            cfg.db_url = db
+        database = open_database(cfg.db_url, cfg.vault_id)
         try:
             LocalStore(data / "store")
-            with db.write() as s:
+            with database.write() as s:
                 user, token = users.add(s, admin, "Admin")
                 user_name = user.name
         finally:
-            db.dispose()
+            database.dispose()
         cfg.save(path)
         result = {
             "vault_id": cfg.vault_id,

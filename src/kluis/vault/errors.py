@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kluis.catalog import KluisError
 
@@ -74,8 +75,37 @@ def install(app: FastAPI) -> None:
         reason = str(exc.detail) if exc.detail else f"HTTP {exc.status_code}"
         return error_response(KluisError("ValidationFailed", reason=reason), status=exc.status_code)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        ref = secrets.token_hex(6)
-        log.error("internal error %s on %s %s", ref, request.method, request.url.path, exc_info=exc)
-        return error_response(KluisError("InternalError", ref=ref))
+    app.add_middleware(CatchAll)
+
+
+class CatchAll:
+    """Turns an unexpected exception into InternalError (logged with a reference) and ends there.
+
+    A plain ``Exception`` handler would sit in Starlette's outermost middleware, which
+    re-raises after answering and makes the server drop the connection; this one answers
+    and is done.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            ref = secrets.token_hex(6)
+            log.error("internal error %s on %s %s", ref, scope.get("method"), scope.get("path"), exc_info=exc)
+            if started:
+                raise  # half a response is out; only closing the connection is left
+            await error_response(KluisError("InternalError", ref=ref))(scope, receive, send)
