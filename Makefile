@@ -20,6 +20,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The mount extra compiles against libfuse3 (installed by `deps`), so only `make test` needs it.
+MOUNT_STAMP := $(VENV)/.installed-mount
+$(MOUNT_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,mount]'
+	touch $(MOUNT_STAMP)
+
 venv: $(STAMP)
 
 deps:
@@ -38,7 +44,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-test: deps $(STAMP) lint typecheck unit
+test: deps $(STAMP) $(MOUNT_STAMP) lint typecheck unit
 
 demo: $(STAMP)
 	$(PY) -m kluis.demo
