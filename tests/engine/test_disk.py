@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -86,9 +87,12 @@ def image(tmp_path: Path) -> tuple[Path, bytes]:
 def test_full_backup_restores_identical_and_sparse(tmp_path: Path, image: tuple[Path, bytes]) -> None:
     path, content = image
     repo = new_repo(tmp_path / "repo")
-    result = backup(repo, path).run()
+    seen: list[tuple[int, int | None]] = []
+    result = backup(repo, path, progress=lambda p: seen.append((p.bytes, p.total_bytes))).run()
     blocks = -(-len(content) // BS)
     assert result.size == len(content)
+    assert seen[-1] == (len(content), len(content))
+    json.dumps(result.as_dict())
     assert result.disks[0].blocks == blocks
     # 1 MiB of written zeros plus the 2 MiB hole (never read) are zero entries.
     assert result.blocks_zero >= 3 * MIB // BS
@@ -98,7 +102,11 @@ def test_full_backup_restores_identical_and_sparse(tmp_path: Path, image: tuple[
     assert all(i == ZERO_ID for i in ids[MIB // BS : 4 * MIB // BS])
 
     out = tmp_path / "out" / "restored.img"
-    res = DiskRestore(reopen(repo), result.point_id, "sda", out).run()
+    restored: list[int] = []
+    res = DiskRestore(
+        reopen(repo), result.point_id, "sda", out, progress=lambda p: restored.append(p.bytes)
+    ).run()
+    assert restored[-1] == len(content)
     assert out.read_bytes() == content
     assert res.blocks_zero == result.blocks_zero
     # Zero blocks and holes are not allocated in the restored image.
