@@ -311,6 +311,12 @@ def test_cancel_commits_nothing(tmp_path: Path, image: tuple[Path, bytes]) -> No
         backup(repo, path, should_stop=lambda: next(calls) > 3).run()
     assert err.value.code == "OperationCancelled"
     assert repo.list_points() == []
+    point = backup(repo, path).run().point_id
+    out = tmp_path / "out" / "restored.img"
+    with pytest.raises(KluisError) as err:
+        DiskRestore(repo, point, "sda", out, should_stop=lambda: True).run()
+    assert err.value.code == "OperationCancelled"
+    assert list(out.parent.iterdir()) == []
 
 
 def test_source_errors_are_catalog_errors(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from kluis.engine.blockmap import (
     DiskMap,
     check_block_size,
     decode_segment,
+    disks_of,
     encode_segment,
     stored_ids,
 )
@@ -287,8 +288,6 @@ class DiskBackup:
     def _previous_disks(self) -> dict[str, DiskMap]:
         if self.previous_point is None:
             return {}
-        from kluis.engine.blockmap import disks_of
-
         _header, manifest = self.repo.load_point(self.previous_point)
         return {d.name: d for d in disks_of(self.previous_point, manifest)}
 
