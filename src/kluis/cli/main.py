@@ -17,7 +17,6 @@ app = typer.Typer(
 _GROUPS = [
     ("kluis.cli.repo", "app", "repo"),
     ("kluis.cli.vault", "app", "vault"),
-    ("kluis.cli.vault", "alerts_app", "alerts"),
     # Vault-facing commands (their connection comes from `kluis login`); a None name adds the
     # module's commands at the top level (kluis restore, kluis mount, ...).
     ("kluis.cli.login", "app", None),
@@ -30,7 +29,7 @@ _GROUPS = [
     ("kluis.cli.restore", "app", None),
     ("kluis.cli.mount", "app", None),
     ("kluis.cli.protection", "app", None),
-    ("kluis.cli.alerts", "app", "alerts"),  # replaces the vault's alerts_app: also reads `kluis login`
+    ("kluis.cli.alerts", "app", "alerts"),
 ]
 
 for _module, _attr, _name in _GROUPS:

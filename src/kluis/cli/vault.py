@@ -1,12 +1,9 @@
-"""``kluis vault``: set up and run a vault server; ``kluis alerts``: the vault's alerts.
+"""``kluis vault``: set up and run a vault server.
 
 Server-side commands (``init``, ``serve``, ``credentials``, ``users``) work on the vault's
 own configuration and database, so they run on the vault host. The data directory
 comes from ``--data`` (or ``KLUIS_VAULT_DATA``), the configuration from ``--config``
 (default ``DATA/vault.toml``).
-
-``kluis alerts list`` talks to a vault over its API with a user token
-(``--vault``/``KLUIS_VAULT_URL`` and ``--token``/``KLUIS_TOKEN``).
 """
 
 from __future__ import annotations
@@ -232,43 +229,6 @@ def users_list(
         for r in rows:
             table.add_row(
                 r["name"], r["role"], str(r["tokens"]), "yes" if r["disabled"] else "", r["created_at"][:19]
-            )
-        out.print(table)
-
-    run_command(body, as_json=as_json)
-
-
-@alerts_app.command("list")
-def alerts_list(
-    vault: Annotated[str, typer.Option("--vault", help="Vault URL.", envvar="KLUIS_VAULT_URL")],
-    token: Annotated[str, typer.Option("--token", help="User token.", envvar="KLUIS_TOKEN")],
-    status: Annotated[str | None, typer.Option("--status", help="Active or Resolved.")] = None,
-    ca: Annotated[Path | None, typer.Option("--ca", help="CA or certificate file to trust.")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """List the vault's alerts, newest first."""
-
-    def body() -> None:
-        from kluis.stores.vault import api_request
-
-        params = {"status": status} if status else {}
-        rows = api_request(
-            "GET", vault, "/api/v1/alerts", token=token, params=params, verify=str(ca) if ca else True
-        )
-        if as_json:
-            print_json(rows)
-            return
-        table = Table("created", "status", "code", "item", "machine", "occurrences", "message")
-        for a in rows:
-            error = (a.get("details") or {}).get("error") or {}
-            table.add_row(
-                a["created_at"][:19],
-                a["status"],
-                a["code"],
-                a.get("item_id") or "",
-                a.get("machine_id") or "",
-                str((a.get("details") or {}).get("occurrences", 1)),
-                error.get("message", ""),
             )
         out.print(table)
 

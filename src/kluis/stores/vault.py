@@ -112,26 +112,6 @@ class _Http:
         self.client.close()
 
 
-def api_request(
-    method: str,
-    base_url: str,
-    path: str,
-    *,
-    token: str | None,
-    params: dict[str, Any] | None = None,
-    json: Any = None,
-    verify: Verify = True,
-    timeout: float = 30.0,
-) -> Any:
-    """One JSON request to a vault's API (retried like the store's); the decoded answer."""
-    http = _Http(base_url, token, verify=verify, timeout=timeout, retries=3, backoff=0.5)
-    try:
-        response = http.request(method, path, ok=(200, 201, 202, 204), params=params, json=json)
-    finally:
-        http.close()
-    return response.json() if response.content else None
-
-
 class VaultStore(Store):
     """The repository of ``repo_machine_id`` (default: the machine itself) in a vault."""
 

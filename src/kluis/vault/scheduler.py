@@ -88,7 +88,7 @@ class Scheduler:
     def _worker(self) -> None:
         cfg = self.ctx.config
         stale = dt.timedelta(seconds=max(cfg.lease_ttl * 2, 60))
-        retry = dt.timedelta(seconds=max(cfg.scheduler_interval, 5))
+        retry = dt.timedelta(seconds=cfg.scheduler_interval)
         while not self._stop.is_set():
             self._wake_worker.wait(cfg.scheduler_interval)
             self._wake_worker.clear()
