@@ -40,7 +40,9 @@ app = typer.Typer(help="Jobs: follow, inspect and cancel backups and restores.",
 FINAL = ("Completed", "CompletedWithWarnings", "Failed", "Cancelled")
 # How many failed-file entries `jobs show` lists (all are in the failed-files log).
 SHOW_WARNINGS = 20
-POLL_SECONDS = 0.5
+# Polling starts fast (short jobs end in a second) and slows down for long ones.
+POLL_FIRST = 0.1
+POLL_MAX = 1.0
 
 
 def find_job(client: VaultClient, ref: str) -> dict[str, Any]:
@@ -187,9 +189,16 @@ def wait_for_job(
     """Poll a job until it ends; with ``show_progress`` a bar with size, rate and ETA on stderr."""
     if job["status"] in FINAL:
         return job
+    delay = POLL_FIRST
+
+    def pause() -> None:
+        nonlocal delay
+        time.sleep(delay)
+        delay = min(POLL_MAX, delay * 1.5)
+
     if not show_progress or not console.is_terminal:
         while job["status"] not in FINAL:
-            time.sleep(POLL_SECONDS)
+            pause()
             job = client.get(f"/jobs/{seg(job['id'])}")
         return job
     with Progress(
@@ -214,7 +223,7 @@ def wait_for_job(
             files = f"{p['files_done']} files" if p.get("files_done") is not None else ""
             phase = job.get("phase") or ("waiting for the agent" if not job.get("dispatched_at") else label)
             bar.update(task, completed=done or 0, total=total or None, files=files, description=phase)
-            time.sleep(POLL_SECONDS)
+            pause()
             job = client.get(f"/jobs/{seg(job['id'])}")
     return job
 
