@@ -17,8 +17,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -48,6 +48,8 @@ log = logging.getLogger("kluis.vault.maintenance")
 # How long a sweep mark lasts without renewal; renewed every third of it while GC runs.
 SWEEP_LEASE = dt.timedelta(minutes=2)
 WAITING_PHASE = "Waiting for backups to finish"
+# A running vault job is touched this often; claim_vault_job's stale limit must be well above it.
+JOB_KEEPALIVE = dt.timedelta(seconds=15)
 
 
 class GcBlocked(Exception):
@@ -240,29 +242,48 @@ def end_sweep(ctx: VaultContext, machine_id: str, *, completed: bool) -> None:
 
 
 @contextmanager
-def _renewing(ctx: VaultContext, machine_id: str) -> Iterator[None]:
-    """Keep the sweep mark alive while GC runs."""
+def _every(seconds: float, action: Callable[[], None], name: str) -> Iterator[None]:
+    """Run ``action`` every ``seconds`` on a thread while the block runs."""
     stop = threading.Event()
 
-    def renew() -> None:
-        while not stop.wait(SWEEP_LEASE.total_seconds() / 3):
+    def loop() -> None:
+        while not stop.wait(seconds):
             try:
-                with ctx.db.write() as s:
-                    s.execute(
-                        update(GcState)
-                        .where(GcState.machine_id == machine_id, GcState.holder == ctx.holder)
-                        .values(lease_until=utcnow() + SWEEP_LEASE)
-                    )
-            except Exception:  # keep trying; the sweep itself decides the job's fate
-                log.exception("renewing the sweep mark of %s failed", machine_id)
+                action()
+            except Exception:  # keep trying; the work itself decides the job's fate
+                log.exception("%s failed", name)
 
-    thread = threading.Thread(target=renew, name=f"gc-renew-{machine_id[:8]}", daemon=True)
+    thread = threading.Thread(target=loop, name=name, daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join()
+
+
+def _renewing(ctx: VaultContext, machine_id: str) -> AbstractContextManager[None]:
+    """Keep the sweep mark alive while GC runs."""
+
+    def renew() -> None:
+        with ctx.db.write() as s:
+            s.execute(
+                update(GcState)
+                .where(GcState.machine_id == machine_id, GcState.holder == ctx.holder)
+                .values(lease_until=utcnow() + SWEEP_LEASE)
+            )
+
+    return _every(SWEEP_LEASE.total_seconds() / 3, renew, f"renew sweep mark of {machine_id}")
+
+
+def _job_alive(ctx: VaultContext, job_id: str) -> AbstractContextManager[None]:
+    """Touch a running vault job, so no other vault process takes it for abandoned."""
+
+    def touch() -> None:
+        with ctx.db.write() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow()))
+
+    return _every(JOB_KEEPALIVE.total_seconds(), touch, f"keep job {job_id} alive")
 
 
 def _remove_expired_point_objects(ctx: VaultContext, machine_id: str) -> None:
@@ -411,7 +432,8 @@ def run_vault_job(ctx: VaultContext, job_id: str, retry_after: dt.timedelta) -> 
     if job is None:
         return
     try:
-        stats = run_retention(ctx, job) if job.type == "Retention" else run_gc(ctx, job)
+        with _job_alive(ctx, job_id):
+            stats = run_retention(ctx, job) if job.type == "Retention" else run_gc(ctx, job)
     except GcBlocked as blocked:
         with ctx.db.write() as s:
             row = s.get(Job, job_id)
