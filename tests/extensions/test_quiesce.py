@@ -113,7 +113,8 @@ def test_post_script_runs_when_the_snapshot_fails(guest: Guest, tmp_path: Path) 
     log = tmp_path / "log"
     pre = root_script(tmp_path / "pre.sh", f"echo pre >> {log}")
     post = root_script(tmp_path / "post.sh", f"echo post >> {log}")
-    with pytest.raises(RuntimeError), quiesced(QuiesceConfig(ScriptSpec(pre), ScriptSpec(post)), [str(guest.mountpoint)]):
+    cfg = QuiesceConfig(ScriptSpec(pre), ScriptSpec(post))
+    with pytest.raises(RuntimeError), quiesced(cfg, [str(guest.mountpoint)]):
         raise RuntimeError("snapshot tool crashed")
     assert log.read_text().split() == ["pre", "post"]
     assert write_finishes(guest.mountpoint / "after", within=5) is not None
