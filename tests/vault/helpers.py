@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import os
 import secrets
+import ssl
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ from kluis.engine.format import (
     point_name,
     refs_name,
 )
-from kluis.stores.vault import VaultStore
+from kluis.stores.vault import VaultStore, pinned_context
 from kluis.vault import users
 from kluis.vault.config import CONFIG_NAME, VaultConfig, new_config
 from kluis.vault.db import Database, open_database
@@ -66,7 +67,12 @@ class VaultServer:
         with self.db.write() as s:
             _, self.admin_token = users.add(s, "admin", "Admin")
         cfg.save(data / CONFIG_NAME)
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if cfg.tls_cert else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        # With TLS, trust exactly the vault's certificate (as an agent pinning it does).
+        self.verify: bool | ssl.SSLContext = True
+        if cfg.tls_cert:
+            self.verify = pinned_context(Path(cfg.tls_cert).read_text())
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data / "server.log"
         self._tokens: dict[str, str] = {}
@@ -86,6 +92,7 @@ class VaultServer:
         self.db = open_database(cfg.db_url, cfg.vault_id)
         self.admin_token = other.admin_token
         self.url = f"http://127.0.0.1:{self.port}"
+        self.verify = True
         self.process = None
         self.log = data / "server.log"
         self._tokens = dict(other._tokens)
@@ -113,7 +120,7 @@ class VaultServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"vault exited with {self.process.returncode}:\n{log_tail(self.log)}")
             try:
-                if httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/api/v1/health", timeout=1, verify=self.verify).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -123,6 +130,10 @@ class VaultServer:
 
     def stop(self) -> None:
         """SIGTERM (clean shutdown: releases the scheduler lease)."""
+        if self._client is not None:
+            # An idle TLS connection would hold up the server's graceful shutdown.
+            self._client.close()
+            self._client = None
         if self.process is not None:
             stop(self.process)
             self.process = None
@@ -151,7 +162,7 @@ class VaultServer:
             headers["Authorization"] = f"Bearer {token}"
         if self._client is None:
             # One client for all requests: a new one per request costs a TLS context each time.
-            self._client = httpx.Client(base_url=self.url, timeout=60)
+            self._client = httpx.Client(base_url=self.url, timeout=60, verify=self.verify)
         return self._client.request(method, path, headers=headers, **kwargs)
 
     def ok(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> Any:
@@ -312,6 +323,7 @@ class Agent:
             self.token,
             item_id=item_id,
             job_id=job_id,
+            verify=self.vault.verify,
             retries=2,
             backoff=0.05,
         )

@@ -73,18 +73,38 @@ def _migration_lock(db: Database) -> Iterator[None]:
             conn.commit()
 
 
+def _upgrade(db: Database) -> None:
+    if db.is_sqlite:
+        # Alembic manages its own transaction; a plain connection avoids our BEGIN IMMEDIATE hook
+        # fighting with it.
+        with db.read_engine.connect() as conn:
+            command.upgrade(alembic_config(conn), "head")
+            conn.commit()
+    else:
+        with db.engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "head")
+
+
 def upgrade(db: Database) -> None:
     """Run every pending migration."""
     with _migration_lock(db):
-        if db.is_sqlite:
-            # Alembic manages its own transaction; a plain connection avoids our BEGIN IMMEDIATE hook
-            # fighting with it.
-            with db.read_engine.connect() as conn:
-                command.upgrade(alembic_config(conn), "head")
-                conn.commit()
-        else:
-            with db.engine.begin() as conn:
-                command.upgrade(alembic_config(conn), "head")
+        _upgrade(db)
+
+
+def _claim(db: Database, vault_id: str, url: str) -> None:
+    """Record which vault the database belongs to (or check it), and create the lease row."""
+    with db.write() as s:
+        owner = s.get(VaultMeta, "vault_id")
+        if owner is None:
+            s.add(VaultMeta(key="vault_id", value=vault_id))
+        elif owner.value != vault_id:
+            raise KluisError(
+                "VaultDatabaseUnavailable",
+                url=redact(url),
+                reason=f"it belongs to vault {owner.value}, not {vault_id}",
+            )
+        if s.scalar(select(Lease).where(Lease.name == SCHEDULER_LEASE)) is None:
+            s.add(Lease(name=SCHEDULER_LEASE))
 
 
 def open_database(url: str, vault_id: str) -> Database:
@@ -94,19 +114,10 @@ def open_database(url: str, vault_id: str) -> Database:
     except (SQLAlchemyError, ValueError) as exc:
         raise KluisError("VaultDatabaseUnavailable", url=redact(url), reason=str(exc)) from None
     try:
-        upgrade(db)
-        with db.write() as s:
-            owner = s.get(VaultMeta, "vault_id")
-            if owner is None:
-                s.add(VaultMeta(key="vault_id", value=vault_id))
-            elif owner.value != vault_id:
-                raise KluisError(
-                    "VaultDatabaseUnavailable",
-                    url=redact(url),
-                    reason=f"it belongs to vault {owner.value}, not {vault_id}",
-                )
-            if s.scalar(select(Lease).where(Lease.name == SCHEDULER_LEASE)) is None:
-                s.add(Lease(name=SCHEDULER_LEASE))
+        # Migrating and claiming under one lock: processes starting together take turns.
+        with _migration_lock(db):
+            _upgrade(db)
+            _claim(db, vault_id, url)
     except KluisError:
         db.dispose()
         raise
