@@ -40,6 +40,8 @@ class Mounts:
     def close(self) -> None:
         for kind, what in reversed(self._undo):
             if kind == "mount":
+                if not os.path.ismount(what):
+                    continue  # the test unmounted it already
                 # Thaw first: a frozen file system cannot be unmounted and blocks writers.
                 subprocess.run(["fsfreeze", "-u", what], capture_output=True, check=False)
                 for _ in range(50):

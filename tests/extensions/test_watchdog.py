@@ -47,11 +47,12 @@ def _start_agent(guest: Guest, status: Path) -> tuple[subprocess.Popen[str], int
 
 
 def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; an exited process waiting to be reaped (a zombie) is not."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
         return False
-    return True
+    return fields[0] != "Z"
 
 
 def test_agent_sigkilled_while_frozen_watchdog_thaws(guest: Guest, tmp_path: Path) -> None:

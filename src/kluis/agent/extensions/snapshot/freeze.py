@@ -115,14 +115,13 @@ class Watchdog:
         return cls(int(words[1]), write_end, status_path)
 
     def alive(self) -> bool:
-        """True while the watchdog process exists."""
+        """True while the watchdog process runs (an exited one not yet reaped is not)."""
         try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
+            with open(f"/proc/{self.pid}/stat", encoding="ascii") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, IndexError):
             return False
-        except PermissionError:
-            return True
-        return True
+        return state != "Z"
 
     def done(self) -> None:
         """Tell the watchdog the agent has thawed, so it exits without thawing."""

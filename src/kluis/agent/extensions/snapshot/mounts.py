@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,22 +73,51 @@ def mount_of(path: str | os.PathLike[str]) -> Mount:
     return best
 
 
+LOOP_GET_STATUS64 = 0x4C05
+# struct loop_info64 starts with lo_device and lo_inode (u64 each); 232 bytes in all.
+_LOOP_INFO64_SIZE = 232
+
+
+def _loop_backing(dev: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of a loop device's backing file, from LOOP_GET_STATUS64."""
+    try:
+        fd = os.open(dev, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        buf = bytearray(_LOOP_INFO64_SIZE)
+        fcntl.ioctl(fd, LOOP_GET_STATUS64, buf, True)
+    except OSError:
+        return None  # not bound to a file
+    finally:
+        os.close(fd)
+    device, inode = struct.unpack_from("=QQ", buf, 0)
+    return device, inode
+
+
 def loop_devices_backed_by(path: str | os.PathLike[str]) -> list[str]:
-    """Loop devices (``/dev/loopN``) whose backing file is ``path``."""
+    """Loop devices (``/dev/loopN``) whose backing file is ``path``.
+
+    Compared by device and inode (the path in sysfs is cut at 64 bytes by older
+    interfaces and goes stale when the file is renamed), else by path.
+    """
     real = os.path.realpath(path)
     st = os.stat(real)
     found: list[str] = []
     for entry in sorted(Path("/sys/block").glob("loop*")):
-        loop = entry / "loop"
         try:
-            backing = (loop / "backing_file").read_text().strip()
-            inode = int((loop / "backing_inode").read_text().strip())
-            dev = int((loop / "backing_dev").read_text().strip())
-        except (OSError, ValueError):
-            continue
-        # The inode and device identify the file even if it was renamed since.
-        if (inode == st.st_ino and dev == st.st_dev) or backing == real:
-            found.append(f"/dev/{entry.name}")
+            backing = (entry / "loop" / "backing_file").read_text().strip()
+        except OSError:
+            continue  # not attached
+        dev = f"/dev/{entry.name}"
+        ident = _loop_backing(dev)
+        same_file = (
+            ident is not None
+            and ident[1] == st.st_ino
+            and (os.major(ident[0]), os.minor(ident[0])) == (os.major(st.st_dev), os.minor(st.st_dev))
+        )
+        if same_file or backing == real:
+            found.append(dev)
     return found
 
 
