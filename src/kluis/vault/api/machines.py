@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -192,6 +192,7 @@ def _claim(ctx: VaultContext, machine_id: str) -> dict[str, Any] | None:
 @router.get("/{machine_id}/work", summary="Long-poll for jobs to run and jobs to cancel")
 async def work(
     machine_id: str,
+    request: Request,
     wait: float = Query(default=30, ge=0, le=MAX_WAIT, description="Seconds to wait for work"),
     ctx: VaultContext = Depends(get_ctx),
     _p: Principal = Depends(machine_self("take work")),
@@ -202,6 +203,9 @@ async def work(
     try:
         while True:
             event.clear()
+            if await request.is_disconnected():
+                # The agent went away (restarted): jobs claimed now would reach nobody and hang.
+                return {"jobs": [], "cancel": []}
             found = await run_in_threadpool(_claim, ctx, machine_id)
             if found is not None:
                 return found
