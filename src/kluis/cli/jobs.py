@@ -13,7 +13,6 @@ from rich.progress import (
     Progress,
     TaskProgressColumn,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -109,7 +108,9 @@ def _progress_line(job: dict[str, Any]) -> str:
         total = f"/{p['files_total']}" if p.get("files_total") else ""
         parts.append(f"{p['files_done']}{total} files")
     if p.get("bytes_done") is not None:
-        total = f" of {size(p['bytes_total'])}" if p.get("bytes_total") else ""
+        # The total is the agent's estimate (the last backup's size); past it, it says nothing.
+        known = p.get("bytes_total") and p["bytes_total"] >= p["bytes_done"]
+        total = f" of {size(p['bytes_total'])}" if known else ""
         parts.append(f"{size(p['bytes_done'])}{total}")
     return ", ".join(parts)
 
@@ -203,12 +204,11 @@ def wait_for_job(
         return job
     with Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         TaskProgressColumn(),
-        DownloadColumn(),
+        DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        TimeElapsedColumn(),
         TextColumn("{task.fields[files]}"),
         console=console,
         transient=True,
@@ -220,6 +220,8 @@ def wait_for_job(
             done = p.get("bytes_done")
             if done is None and total and p.get("percent") is not None:
                 done = int(total * float(p["percent"]) / 100)
+            if total is not None and done is not None and done > total:
+                total = done  # the estimate (last backup's size) was too small
             files = f"{p['files_done']} files" if p.get("files_done") is not None else ""
             phase = job.get("phase") or ("waiting for the agent" if not job.get("dispatched_at") else label)
             bar.update(task, completed=done or 0, total=total or None, files=files, description=phase)

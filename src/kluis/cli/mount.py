@@ -195,6 +195,8 @@ def _log_to(path: Path | None) -> None:
         level=logging.INFO,
         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
     )
+    # One line per chunk request would drown what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _background(plan: MountPlan) -> None:
@@ -314,8 +316,8 @@ def mount(
             print_json(info)
             return
         out.print(f"Recovery point [bold]{plan.point_id}[/] is mounted read-only on {target}.")
-        minutes = idle_timeout / 60
-        out.print(f"It unmounts itself after {minutes:g} minutes without use.")
+        idle = f"{idle_timeout / 60:g} minutes" if idle_timeout >= 60 else f"{idle_timeout:g} seconds"
+        out.print(f"It unmounts itself after {idle} without use.")
         out.print(f"Unmount it now with: kluis unmount {target}")
 
     run_command(body, as_json=as_json)
