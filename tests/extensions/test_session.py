@@ -136,3 +136,19 @@ def test_failures_leave_no_snapshot_behind(guest: Guest, tmp_path: Path) -> None
     assert exc.value.code == "QuiesceScriptFailed" and exc.value.params["phase"] == "post"
     assert len(_snapshots_on_disk(guest)) == 1
     assert write_finishes(guest.mountpoint / "thawed", within=5) is not None
+
+
+def test_host_machine_freezes_the_mounts_of_its_block_devices(guest: Guest) -> None:
+    from kluis.agent.extensions.snapshot import DiskRef, HostMachine
+
+    machine = HostMachine("host-1", [DiskRef("root", guest.device, "block")])
+    with machine.quiesce(QuiesceConfig(safe_freeze_wait_seconds=10), item="host-1") as q:
+        assert q.outcome.frozen_mounts == [os.path.realpath(guest.mountpoint)]
+        assert write_finishes(guest.mountpoint / "blocked", within=0.3) is None
+    assert q.outcome.consistency is Consistency.FILE_SYSTEM
+    assert write_finishes(guest.mountpoint / "after", within=5) is not None
+    # A plain block device has no snapshot method here; nothing stays frozen.
+    with pytest.raises(KluisError) as exc:
+        take_snapshot(machine, item="host-1")
+    assert exc.value.code == "SnapshotProviderUnavailable"
+    assert write_finishes(guest.mountpoint / "still-thawed", within=5) is not None
