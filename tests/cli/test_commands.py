@@ -12,6 +12,7 @@ import os
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -354,4 +355,36 @@ def test_completed_with_warnings_shows_skipped_files(world: World, monkeypatch: 
         assert log.exists() and "broken.bin" in log.read_text()
     finally:
         world.run("unmount", str(mnt))
+        unmount_quietly(mnt)
+
+
+@needs_fuse
+def test_a_backup_waits_while_its_point_is_mounted(world: World) -> None:
+    from tests.cli.conftest import unmount_quietly
+
+    src = world.root / "data-wait"
+    make_tree(src, files=2, size=4096, seed=11)
+    item = _protect(world, [src])
+    first = world.ok("backup", "now", item["id"], "--wait", "--json").json
+    mnt = world.root / "mnt-wait"
+    mnt.mkdir()
+    try:
+        world.ok("mount", first["point"]["id"], str(mnt), "--idle-timeout", "60")
+        job = world.ok("backup", "now", item["id"], "--json").json
+        deadline = time.monotonic() + 20
+        while True:
+            shown = world.ok("jobs", "show", job["id"], "--json").json
+            if "mounted" in str((shown.get("progress") or {}).get("message", "")):
+                break
+            assert shown["status"] == "InProgress" and time.monotonic() < deadline, shown
+            time.sleep(0.3)
+        assert "is mounted" in world.ok("jobs", "show", job["id"]).stdout
+        world.ok("unmount", str(mnt))
+        done = world.ok("jobs", "show", job["id"], "--json").json
+        deadline = time.monotonic() + 30
+        while done["status"] == "InProgress" and time.monotonic() < deadline:
+            time.sleep(0.3)
+            done = world.ok("jobs", "show", job["id"], "--json").json
+        assert done["status"] == "Completed", done
+    finally:
         unmount_quietly(mnt)

@@ -158,6 +158,9 @@ def print_job(job: dict[str, Any], client: VaultClient | None = None) -> None:
     line = _progress_line(job)
     if line:
         out.print(f"  progress: {line}")
+    note = (job.get("progress") or {}).get("message")
+    if note and job["status"] not in FINAL:
+        out.print(f"  [yellow]{note}[/]")
     if job.get("retain_until"):
         out.print(f"  recovery point kept until {when(job['retain_until'])}")
     stats = (job.get("result") or {}).get("stats") or {}
