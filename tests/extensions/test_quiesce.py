@@ -141,3 +141,27 @@ def test_freeze_failure_is_coded_with_the_fsck_fix(guest: Guest, mounts: Mounts,
         assert "already frozen" in exc.value.message
     finally:
         subprocess.run(["fsfreeze", "-u", str(guest.mountpoint)], check=False)
+
+
+def test_a_snapshot_slower_than_the_freeze_window_is_crash_consistent(guest: Guest, tmp_path: Path) -> None:
+    import time
+
+    status = tmp_path / "watchdog.json"
+    cfg = QuiesceConfig(safe_freeze_wait_seconds=0.5)
+    with quiesced(cfg, [str(guest.mountpoint)], item="vm1", watchdog_status=str(status)) as out:
+        time.sleep(1.0)  # the snapshot tool is slow; the watchdog thaws at 0.5 s
+        assert write_finishes(guest.mountpoint / "thawed-early", within=2) is not None
+    assert out.window_exceeded and out.consistency is Consistency.CRASH
+    assert [w.code for w in out.warnings] == ["FreezeWindowExceeded"]
+    assert out.watchdog_status is not None and out.watchdog_status["reason"] == "deadline"
+
+
+def test_no_freeze_without_a_watchdog(guest: Guest, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kluis.agent.extensions.snapshot import freeze
+
+    # A damaged installation: the watchdog's file is gone.
+    monkeypatch.setattr(freeze, "WATCHDOG_SCRIPT", "/nonexistent/kluis/watchdog.py")
+    with pytest.raises(KluisError) as exc, quiesced(QuiesceConfig(), [str(guest.mountpoint)]):
+        raise AssertionError("the body must not run")
+    assert exc.value.code == "FreezeWatchdogFailed"
+    assert write_finishes(guest.mountpoint / "never-frozen", within=5) is not None

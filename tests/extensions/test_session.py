@@ -152,3 +152,20 @@ def test_host_machine_freezes_the_mounts_of_its_block_devices(guest: Guest) -> N
         take_snapshot(machine, item="host-1")
     assert exc.value.code == "SnapshotProviderUnavailable"
     assert write_finishes(guest.mountpoint / "still-thawed", within=5) is not None
+
+
+def test_vm_config_is_checked(tmp_path: Path) -> None:
+    bad = {
+        "no vm": '[[disks]]\nname = "a"\npath = "/x"\n',
+        "bad agent": '[vm]\nname = "v"\nguest_agent = "ssh"\n[[disks]]\nname = "a"\npath = "/x"\n',
+        "no disks": '[vm]\nname = "v"\n',
+        "bad format": '[vm]\nname = "v"\n[[disks]]\nname = "a"\npath = "/x"\nformat = "vmdk"\n',
+        "twice": '[vm]\nname = "v"\n[[disks]]\nname = "a"\npath = "/x"\n[[disks]]\nname = "a"\npath = "/y"\n',
+        "not toml": "[vm\n",
+    }
+    for what, text in bad.items():
+        path = tmp_path / "vm.toml"
+        path.write_text(text)
+        with pytest.raises(KluisError) as exc:
+            ConfigMachine(path)
+        assert exc.value.code == "VmConfigInvalid", what
