@@ -302,6 +302,22 @@ def test_mount_a_vault_point_with_the_agents_key(world: World) -> None:
         assert [m.point for m in active_mounts(world.agent.scratch, item["id"])] == [point["id"]]
         world.ok("unmount", str(mnt))
         assert not os.path.ismount(mnt)
+        # Anywhere else (no agent of that machine here) the machine's passphrase unlocks it.
+        elsewhere = {"KLUIS_AGENT_CONFIG_DIR": str(world.root / "no-agent-here")}
+        wrong = world.root / "wrong-pass"
+        wrong.write_text("certainly not the passphrase\n")
+        refused = world.run(
+            "mount", point["id"], str(mnt), "--passphrase-file", str(wrong), "--json", **elsewhere
+        )
+        assert refused.rc == 3 and refused.error["code"] == "RepoPassphraseIncorrect"
+        right = world.root / "right-pass"
+        right.write_text(PASSPHRASE + "\n")
+        again = world.run("mount", point["id"], str(mnt), "--passphrase-file", str(right), **elsewhere)
+        assert again.rc == 0, again.stdout + again.stderr
+        first = sorted(content)[0]
+        assert (mnt / src.relative_to("/") / first).read_bytes() == content[first]
+        assert active_mounts(world.agent.scratch, item["id"]) == []  # not this machine's agent
+        world.ok("unmount", str(mnt))
     finally:
         unmount_quietly(mnt)
 
