@@ -86,7 +86,7 @@ def take_snapshot(
     cleaned: list[str] = []
     if collection is not None:
         cleaned = collection.reserve()
-    switcher: DiskSwitcher | None = machine if hasattr(machine, "switch_disk") else None  # type: ignore[assignment]
+    switcher = machine if isinstance(machine, DiskSwitcher) else None
     chosen = provider or choose_provider(disks, switcher=switcher, prefer=prefer)
     snapshot_id = new_snapshot_id()
     snapshot: Snapshot | None = None

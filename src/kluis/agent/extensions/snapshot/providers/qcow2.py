@@ -17,13 +17,14 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from kluis.catalog import KluisError
 
 from .base import DiskRef, DiskSnapshot, Provider, Snapshot, run_tool
 
 
+@runtime_checkable
 class DiskSwitcher(Protocol):
     """Something that can point a VM's disk at another image file."""
 
