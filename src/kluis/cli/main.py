@@ -17,6 +17,7 @@ app = typer.Typer(
 _GROUPS = [
     ("kluis.cli.repo", "app", "repo"),
     ("kluis.cli.vault", "app", "vault"),
+    ("kluis.cli.agent", "app", "agent"),
     # Vault-facing commands (their connection comes from `kluis login`); a None name adds the
     # module's commands at the top level (kluis restore, kluis mount, ...).
     ("kluis.cli.login", "app", None),

@@ -1,0 +1,317 @@
+"""The machine's repository in the vault, as the agent's jobs use it.
+
+Three layers over :class:`kluis.stores.vault.VaultStore`:
+
+- :class:`AgentVaultStore` gives the vault store the agent's HTTP client: the
+  configured proxy, the pinned certificate and the bandwidth throttle.
+- :class:`ResilientStore` rides out network outages: each call is retried with
+  exponential backoff for up to ``outage_limit`` seconds (honouring cancel); a
+  retried pack or index upload first asks (HEAD) whether the vault already has it, so
+  a pack whose upload was cut off after the vault stored it is not sent again.
+- :class:`PackJournal` notes every pack before its upload and forgets it once an
+  index file names it. A backup that was interrupted (network, crash, cancel) leaves
+  packs in the vault that no index names; the next backup indexes them from their
+  plaintext tables (:func:`adopt_unindexed_packs`) so their blobs are reused instead of
+  uploaded again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from kluis.agent.client import endpoint_of, is_network_error
+from kluis.agent.config import AgentConfig
+from kluis.agent.net import make_client
+from kluis.agent.throttle import TokenBucket
+from kluis.catalog import KluisError
+from kluis.engine import chunker as chunker_params
+from kluis.engine.format import (
+    FOOTER_SIZE,
+    FORMAT_VERSION,
+    TABLE_ENTRY_SIZE,
+    IndexEntry,
+    decode_index,
+    decode_pack_trailer,
+    pack_id_from_name,
+    pack_name,
+)
+from kluis.engine.index import write_index_file
+from kluis.engine.repository import Repository
+from kluis.stores import ObjectInfo, Store
+from kluis.stores.vault import VaultStore
+
+log = logging.getLogger("kluis.agent")
+T = TypeVar("T")
+OUTAGE_LIMIT = 900.0  # seconds a job waits for the vault to come back before it fails
+_TAIL_GUESS = 64 * 1024
+
+
+class AgentVaultStore(VaultStore):
+    """A VaultStore that talks through the agent's client (proxy, pinned TLS, throttle)."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        *,
+        repo_machine_id: str | None = None,
+        item_id: str | None = None,
+        job_id: str | None = None,
+        buckets: tuple[TokenBucket, TokenBucket] | None = None,
+    ) -> None:
+        endpoint = endpoint_of(cfg)
+        super().__init__(
+            endpoint.url,
+            cfg.machine_id,
+            cfg.token,
+            repo_machine_id=repo_machine_id,
+            item_id=item_id,
+            job_id=job_id,
+            # One attempt per call: ResilientStore retries, with cancel checks and HEAD before re-sending.
+            retries=1,
+        )
+        # VaultStore builds a plain httpx client; swap in the agent's, which adds the proxy,
+        # the pinned certificate and the throttle (VaultStore has no hook for a transport).
+        self._http.client.close()
+        self._http.client = make_client(endpoint, cfg.token, buckets=buckets, timeout=120.0)
+        self.endpoint = endpoint
+
+
+class PackJournal:
+    """Packs uploaded (or being uploaded) that no index file names yet; one name per line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def pending(self) -> set[str]:
+        """Pack names waiting for an index."""
+        try:
+            return {line for line in self.path.read_text().splitlines() if line}
+        except FileNotFoundError:
+            return set()
+
+    def intend(self, name: str) -> None:
+        """Note a pack before its upload starts."""
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(name + "\n")
+
+    def forget(self, names: set[str]) -> None:
+        """Drop packs that an index now names (or that turned out not to exist)."""
+        if not names:
+            return
+        with self._lock:
+            left = sorted(self.pending() - names)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(n + "\n" for n in left))
+            os.replace(tmp, self.path)
+
+    def indexed(self, index_data: bytes, name: str) -> None:
+        """An index file was stored: its packs are no longer waiting."""
+        packs = {pack_name(e.pack) for e in decode_index(name, index_data)}
+        self.forget(packs)
+
+
+class ResilientStore(Store):
+    """Retries through outages, skips re-sending what the vault has, keeps the pack journal."""
+
+    def __init__(
+        self,
+        inner: Store,
+        *,
+        journal: PackJournal | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        outage_limit: float = OUTAGE_LIMIT,
+        on_wait: Callable[[KluisError | None], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.journal = journal
+        self.should_stop = should_stop
+        self.outage_limit = outage_limit
+        self.on_wait = on_wait
+        self.retries = 0
+        self.resent_skipped = 0
+
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        delay = 1.0
+        deadline: float | None = None
+        while True:
+            try:
+                result = fn()
+            except KluisError as exc:
+                if not is_network_error(exc):
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + self.outage_limit
+                if now >= deadline:
+                    raise
+                self.retries += 1
+                log.warning("vault unreachable during %s (%s); retrying in %.0f s", what, exc.message, delay)
+                if self.on_wait is not None:
+                    self.on_wait(exc)
+                self._sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if deadline is not None and self.on_wait is not None:
+                self.on_wait(None)
+            return result
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if self.should_stop():
+                raise KluisError("OperationCancelled", operation="job")
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+
+    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        resumable = name.startswith(("data/", "index/"))
+        if self.journal is not None and name.startswith("data/"):
+            self.journal.intend(name)
+        attempts = 0
+
+        def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and resumable and self._holds(name, len(data)):
+                self.resent_skipped += 1
+                return
+            self.inner.put(name, data)
+
+        self._retry(f"upload of {name}", attempt)
+        if self.journal is not None and name.startswith("index/"):
+            self.journal.indexed(bytes(data), name)
+
+    def _holds(self, name: str, size: int) -> bool:
+        try:
+            return self.inner.stat(name).size == size
+        except KluisError as exc:
+            if exc.code == "StoreObjectNotFound":
+                return False
+            raise
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self._retry(f"download of {name}", lambda: self.inner.get(name, offset, length))
+
+    def stat(self, name: str) -> ObjectInfo:
+        return self._retry(f"look-up of {name}", lambda: self.inner.stat(name))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return iter(
+            self._retry(f"listing of {prefix or 'the repository'}", lambda: list(self.inner.list(prefix)))
+        )
+
+    def delete(self, name: str) -> None:
+        self.inner.delete(name)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def new_repository_config() -> dict[str, object]:
+    """A repository's plaintext ``config`` object, as ``Repository.init`` writes it."""
+    return {
+        "version": FORMAT_VERSION,
+        "id": secrets.token_hex(16),
+        "chunker": {
+            "min": chunker_params.MIN_SIZE,
+            "avg": chunker_params.AVG_SIZE,
+            "max": chunker_params.MAX_SIZE,
+        },
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def ensure_repository(
+    cfg: AgentConfig,
+    key_id: str | None = None,
+    key_body: str | None = None,
+    *,
+    store: Store | None = None,
+) -> None:
+    """Make sure the machine's repository has its key set and ``config`` in the vault.
+
+    Registration stores the key set in the vault's database; the repository objects
+    follow here (at registration, and again before a job if that step was cut off).
+    """
+    own = store or AgentVaultStore(cfg)
+    try:
+        if key_id is None or key_body is None:
+            if any(True for _ in own.list("keys/")):
+                key_id = None
+            else:
+                from kluis.agent.client import session_client
+
+                client = session_client(cfg)
+                try:
+                    sets = client.key_sets(cfg.machine_id)
+                finally:
+                    client.close()
+                if not sets:
+                    raise KluisError(
+                        "34506", path=str(cfg.kek_path), detail="the vault holds no key set for this machine"
+                    )
+                key_id, key_body = str(sets[0]["id"]), str(sets[0]["body"])
+        if key_id is not None and key_body is not None and not own.exists(f"keys/{key_id}"):
+            own.put(f"keys/{key_id}", key_body.encode())
+        if not own.exists("config"):
+            own.put("config", json.dumps(new_repository_config(), indent=1).encode())
+    finally:
+        if store is None:
+            own.close()
+
+
+def adopt_unindexed_packs(repo: Repository, store: Store, journal: PackJournal) -> int:
+    """Index packs an interrupted backup uploaded but never indexed; returns how many blobs it gained."""
+    pending = journal.pending()
+    if not pending:
+        return 0
+    known = {e.pack for e in repo.index.entries()}
+    gone: set[str] = set()
+    entries: list[IndexEntry] = []
+    for name in sorted(pending):
+        try:
+            pack_id = pack_id_from_name(name)
+        except ValueError:
+            gone.add(name)
+            continue
+        if pack_id in known:
+            gone.add(name)
+            continue
+        try:
+            size = store.stat(name).size
+            tail = store.get(name, max(0, size - _TAIL_GUESS))
+            count = (
+                int.from_bytes(tail[-FOOTER_SIZE : -FOOTER_SIZE + 4], "little")
+                if len(tail) >= FOOTER_SIZE
+                else 0
+            )
+            need = count * TABLE_ENTRY_SIZE + FOOTER_SIZE
+            if need > len(tail) and need <= size:
+                tail = store.get(name, size - need)
+            table = decode_pack_trailer(name, tail, size)
+        except KluisError as exc:
+            # Missing (never finished, or collected) or damaged: upload its blobs again instead.
+            log.info("pack %s from an interrupted backup is not reused: %s", name, exc.message)
+            gone.add(name)
+            continue
+        entries.extend(
+            IndexEntry(e.id, pack_id, e.type, e.flags, e.offset, e.length, e.raw_length) for e in table
+        )
+    journal.forget(gone)
+    if entries:
+        index = write_index_file(store, entries)
+        repo.index.add(entries)
+        if index:
+            repo.index.loaded_files.add(index)
+    return len(entries)
