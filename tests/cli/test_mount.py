@@ -188,6 +188,20 @@ def test_mount_failures_are_coded(fx: Fixture, mountpoint: Path) -> None:
         env=fx.env,
     )  # fmt: skip
     assert refused.rc == 3 and refused.error["code"] == "RepoPassphraseIncorrect"
+    # A disk image's recovery point has no files to show.
+    from kluis.engine.disk_backup import DiskBackup
+
+    image = fx.root / "disk.img"
+    image.write_bytes(os.urandom(256 * 1024))
+    disk_repo = fx.root / "disk-repo"
+    repo, _w, _k = Repository.init(LocalStore(disk_repo), PASSPHRASE)
+    DiskBackup(repo, [("sda", str(image))]).run()
+    disk = kluis(
+        "mount", "latest", str(mountpoint), "--repo", str(disk_repo), "--passphrase-file", str(fx.passfile),
+        "--json", env=fx.env,
+    )  # fmt: skip
+    assert disk.rc == 9 and disk.error["code"] == "RecoveryMountFailed"
+    assert "only files points" in disk.error["message"] and str(mountpoint) in disk.error["message"]
     nothing = kluis("unmount", str(mountpoint), env=fx.env)
     assert nothing.rc == 9 and "nothing is mounted" in nothing.stderr
     assert not os.path.ismount(mountpoint)

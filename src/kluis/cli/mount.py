@@ -162,7 +162,12 @@ def _serve(plan: MountPlan, on_ready: Callable[[], None]) -> None:
     from kluis.agent.mount import remove_marker, write_marker
     from kluis.engine.fusefs import RecoveryPointFS, serve
 
-    fs = RecoveryPointFS(plan.open_repo(), plan.point_id)
+    try:
+        fs = RecoveryPointFS(plan.open_repo(), plan.point_id)
+    except KluisError as exc:
+        if exc.code != "RecoveryMountFailed":
+            raise
+        raise _fail(plan.point_id, plan.mountpoint, str(exc.params.get("reason", exc.message))) from None
     marker: list[Path] = []
 
     def ready() -> None:

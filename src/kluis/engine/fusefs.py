@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import datetime as dt
 import errno
 import functools
 import logging
@@ -468,8 +469,6 @@ def _safe(name: bytes) -> bool:
 
 
 def _iso_to_ns(text: str) -> int:
-    import datetime as dt
-
     try:
         return int(dt.datetime.fromisoformat(text).timestamp() * 1_000_000_000)
     except ValueError:
