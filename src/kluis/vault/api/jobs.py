@@ -25,6 +25,8 @@ class Progress(BaseModel):
     files_done: int | None = Field(default=None, ge=0)
     files_total: int | None = Field(default=None, ge=0)
     files_failed: int | None = Field(default=None, ge=0)
+    rate: float | None = Field(default=None, ge=0, description="Bytes per second so far")
+    eta_seconds: float | None = Field(default=None, ge=0, description="Estimated seconds left")
     message: str | None = Field(default=None, max_length=1000)
 
 
