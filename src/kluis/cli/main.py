@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 import typer
 
@@ -33,7 +34,18 @@ _GROUPS = [
     ("kluis.cli.alerts", "app", "alerts"),
 ]
 
-for _module, _attr, _name in _GROUPS:
+
+def _wanted() -> list[tuple[str, str, str | None]]:
+    """Only the group a command line names, when it names one.
+
+    Importing every group pulls in the vault server's libraries; a backup run through
+    ``kluis repo`` or ``kluis agent`` should not carry them in memory.
+    """
+    named = [g for g in _GROUPS if g[2] is not None and len(sys.argv) > 1 and sys.argv[1] == g[2]]
+    return named or _GROUPS
+
+
+for _module, _attr, _name in _wanted():
     try:
         _sub = getattr(importlib.import_module(_module), _attr)
     except ModuleNotFoundError as exc:

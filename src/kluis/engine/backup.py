@@ -55,7 +55,7 @@ _OFFLINE_ERRNOS = {
     errno.EREMOTEIO,
 }
 _MAX_IN_FLIGHT = 256
-_MAX_PENDING_DIRS = 4096
+_MAX_PENDING_DIRS = 1024
 _READ_BUFFER = 2 * MAX_SIZE + 1024 * 1024
 
 
@@ -133,11 +133,13 @@ class _FileOutcome:
 
 @dataclass
 class _Pending:
-    """A file whose content a worker is producing."""
+    """A file whose content a worker is producing (or, for a hard link, another name's)."""
 
     node: Node
     path: bytes
-    future: Future[_FileOutcome]
+    future: Future[_FileOutcome] | None = None
+    outcome: _FileOutcome | None = None
+    source: _Pending | Node | None = None
 
 
 @dataclass
@@ -179,6 +181,7 @@ class FileBackup:
         self._refs: set[bytes] = set()
         self._pending_dirs: deque[_DirJob] = deque()
         self._in_flight = 0
+        self._unsettled: deque[_Pending] = deque()
         self._hardlinks: dict[tuple[int, int], tuple[str, _Pending | Node]] = {}
         self._root_dev: int | None = None
         self._known: dict[bytes, tuple[int, int, int, int, int, bytes]] = {}
@@ -289,7 +292,7 @@ class FileBackup:
                 # A second name of an inode already in this point: link to it, store nothing again.
                 node.type = HARDLINK
                 node.target = first[0]
-                job.items.append(_Pending(node, path, _linked_future(first[1])))
+                job.items.append(_Pending(node, path, source=first[1]))
                 self.progress.files += 1
                 return
         cached = None
@@ -312,10 +315,11 @@ class FileBackup:
             item: Node | _Pending = node
             job.items.append(node)
         else:
-            future = self._pool.submit(self._read_file, path)
+            pending = _Pending(node, path, self._pool.submit(self._read_file, path))
             self._in_flight += 1
+            self._unsettled.append(pending)
             self.files_read += 1
-            item = _Pending(node, path, future)
+            item = pending
             job.items.append(item)
         if st.st_nlink > 1:
             self._hardlinks[key] = (rel, item)
@@ -371,7 +375,28 @@ class FileBackup:
             everything or self._in_flight > _MAX_IN_FLIGHT or len(self._pending_dirs) > _MAX_PENDING_DIRS
         ):
             self._finish_dir(self._pending_dirs.popleft())
+        # A huge directory has no finished subdirectory to hand back: wait for its oldest
+        # files instead, so the queue of work (and its memory) stays bounded.
+        while self._in_flight > _MAX_IN_FLIGHT and self._unsettled:
+            self._settle(self._unsettled.popleft())
         self._report(self.progress)
+
+    def _settle(self, item: _Pending) -> _FileOutcome:
+        """The outcome of a file, waiting for its worker if needed; frees the future."""
+        if item.outcome is None:
+            if item.source is not None:
+                src = item.source
+                item.outcome = (
+                    self._settle(src)
+                    if isinstance(src, _Pending)
+                    else _FileOutcome(list(src.content or []), os.stat_result((0,) * 10))
+                )
+            else:
+                assert item.future is not None
+                item.outcome = item.future.result()
+                item.future = None
+                self._in_flight -= 1
+        return item.outcome
 
     def _finish_dir(self, job: _DirJob) -> None:
         nodes: list[Node] = []
@@ -381,9 +406,7 @@ class FileBackup:
                 item.node.subtree = item.tree_id.hex()
                 nodes.append(item.node)
             elif isinstance(item, _Pending):
-                outcome = item.future.result()
-                if item.node.type != HARDLINK:
-                    self._in_flight -= 1
+                outcome = self._settle(item)
                 if outcome.error is not None:
                     if item.node.type != HARDLINK:  # the first name already reported it
                         self._warn(outcome.error, os.fsdecode(item.path))
@@ -418,6 +441,9 @@ class FileBackup:
                 self._refs.update(bytes.fromhex(c) for c in n.content if isinstance(c, str))
         job.tree_id = self.repo.save_blob(BlobType.TREE, encode_tree(nodes))
         self._refs.add(job.tree_id)
+        # The parent keeps this job only for its tree id: drop the nodes and futures now,
+        # or a whole tree's worth of them would stay in memory until the root is done.
+        job.items = []
         self.dirs += 1
 
     # -- the run ------------------------------------------------------------------------
@@ -542,8 +568,7 @@ class FileBackup:
         """Resolve the single file of a source that is a file, not a directory."""
         item = holder.items[0]
         if isinstance(item, _Pending):
-            outcome = item.future.result()
-            self._in_flight -= 1
+            outcome = self._settle(item)
             if outcome.error is not None:
                 self._warn(outcome.error, os.fsdecode(item.path))
                 holder.items = []
@@ -555,15 +580,6 @@ class FileBackup:
         for c in holder.items[0].content or () if isinstance(holder.items[0], Node) else ():
             if isinstance(c, str):
                 self._refs.add(bytes.fromhex(c))
-
-
-def _linked_future(first: _Pending | Node) -> Future[_FileOutcome]:
-    """A future with the content of the first name of a hard-linked inode."""
-    if isinstance(first, _Pending):
-        return first.future
-    done: Future[_FileOutcome] = Future()
-    done.set_result(_FileOutcome(list(first.content or []), os.stat_result((0,) * 10)))
-    return done
 
 
 def is_regular(st: os.stat_result) -> bool:

@@ -185,12 +185,19 @@ class Repository:
             self._local.codec = codec
         return codec
 
-    def writer(self) -> PackWriter:
-        """This thread's pack writer."""
-        w: PackWriter | None = getattr(self._local, "writer", None)
+    def writer(self, blob_type: BlobType = BlobType.DATA) -> PackWriter:
+        """This thread's pack writer for data, or for listings and maps.
+
+        Listings go into their own, smaller packs (like restic's tree packs): they are
+        read together on every restore, mount and verify, and the thread that writes
+        them need not hold a data-sized buffer.
+        """
+        attr = "writer" if blob_type == BlobType.DATA else "meta_writer"
+        w: PackWriter | None = getattr(self._local, attr, None)
         if w is None:
-            w = PackWriter(self.store, self.codec(), self._uploaded, self.pack_size)
-            self._local.writer = w
+            size = self.pack_size if blob_type == BlobType.DATA else min(self.pack_size, 4 * 1024 * 1024)
+            w = PackWriter(self.store, self.codec(), self._uploaded, size)
+            setattr(self._local, attr, w)
             with self._writers_lock:
                 self._writers.append(w)
         return w
@@ -218,7 +225,7 @@ class Repository:
         """Store a blob unless it exists; returns its id."""
         blob_id = self.codec().chunk_id(data)
         if self.index.reserve(blob_id):
-            self.writer().add(blob_id, blob_type, data)
+            self.writer(blob_type).add(blob_id, blob_type, data)
         return blob_id
 
     def flush(self) -> None:

@@ -19,6 +19,10 @@ _M_MMAP_THRESHOLD = -3
 @lru_cache(maxsize=1)
 def tune_allocator() -> bool:
     """Apply the tuning once per process; False where the C library is not glibc."""
+    import os
+
+    if os.environ.get("KLUIS_MALLOPT", "1") == "0":
+        return False
     name = ctypes.util.find_library("c")
     if not name:
         return False
