@@ -112,6 +112,10 @@ def test_backup_restore_round_trip(world: World) -> None:
         if p.name != Path(victim).name and p.name.startswith(Path(victim).name)
     ]
     assert len(copies) == 1 and copies[0].read_bytes() == content[victim]
+    # --conflict skip leaves the local file alone and adds nothing beside it.
+    world.ok("restore", point["id"], str(src / victim), "--conflict", "skip", "--wait")
+    assert (src / victim).read_bytes() == b"changed"
+    assert len([p for p in (src / victim).parent.iterdir() if p.name.startswith(Path(victim).name)]) == 2
 
 
 def test_backup_progress_output_and_exit_codes(world: World) -> None:

@@ -107,13 +107,6 @@ def restore(
             local=machine is None,
         )
         job = client.post(f"/items/{seg(found['item_id'])}/restore", request)
-        if conflict == "skip" and (job.get("params") or {}).get("conflict") != "skip":
-            # This vault keeps only the overwrite flag, and agents read "not overwrite" as copy.
-            client.post(f"/jobs/{seg(job['id'])}/cancel")
-            raise KluisError(
-                "ValidationFailed",
-                reason="this vault cannot pass --conflict skip to the agent yet; use overwrite or copy",
-            )
         if not wait:
             if as_json:
                 print_json(job)

@@ -252,9 +252,14 @@ def start_restore(
     target_machine_id: str | None,
     target_path: str | None,
     paths: list[str],
-    overwrite: bool,
+    conflict: str = "copy",
 ) -> Job:
-    """Queue a restore of a recovery point to its own or another machine."""
+    """Queue a restore of a recovery point to its own or another machine.
+
+    ``conflict`` says what happens to files already at the target: overwrite, skip or copy.
+    """
+    if conflict not in ("overwrite", "skip", "copy"):
+        raise KluisError("ValidationFailed", reason="conflict must be overwrite, skip or copy")
     if item.state not in ("Protected", "ProtectionStopped"):
         raise KluisError("ItemStateInvalid", item=item.name, state=item.state, action="restored")
     if point.state != "Available" or point.item_id != item.id:
@@ -279,7 +284,8 @@ def start_restore(
             "source_machine_id": item.machine_id,
             "target_path": target_path,
             "paths": paths,
-            "overwrite": overwrite,
+            "conflict": conflict,
+            "overwrite": conflict == "overwrite",
         },
         created_by=created_by,
         created_at=now,

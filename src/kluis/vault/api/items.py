@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
@@ -61,6 +61,8 @@ class RestoreRequest(BaseModel):
     target_path: str | None = Field(default=None, max_length=4096)
     paths: list[str] = Field(default_factory=list, max_length=10000)
     overwrite: bool = False
+    # What to do with files already at the target; without it, `overwrite` decides (older clients).
+    conflict: Literal["overwrite", "skip", "copy"] | None = None
 
 
 def _with_job(item_d: dict[str, Any], job: Any) -> dict[str, Any]:
@@ -192,7 +194,7 @@ def restore(
             target_machine_id=body.target_machine_id,
             target_path=body.target_path,
             paths=body.paths,
-            overwrite=body.overwrite,
+            conflict=body.conflict or ("overwrite" if body.overwrite else "copy"),
         )
         out = jobs.job_dict(job)
     ctx.notifier.notify(job.machine_id)
