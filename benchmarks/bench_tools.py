@@ -7,6 +7,8 @@ The run directory is deleted after the run to keep the disk in check.
 
 from __future__ import annotations
 
+import compileall
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +22,41 @@ from typing import Any
 from bench_measure import Measurement, disk_usage, measure, run
 
 KLUIS = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "kluis"
+REPO_ROOT = KLUIS.parent.parent.parent
+
+
+def _tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts:
+            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def freeze_kluis(src: Path, dest_root: Path) -> tuple[Path, str]:
+    """Copy the Kluis package as it is now, so every run measures the same code.
+
+    Other engineers change the engine while a long benchmark runs; the venv's editable
+    install would pick up every edit. The copy goes first on PYTHONPATH of every Kluis
+    command. Returns (folder for PYTHONPATH, description).
+    """
+    digest = _tree_digest(src / "kluis")
+    dest = dest_root / f"kluis-{digest}"
+    if not (dest / "kluis").exists():
+        tmp = dest_root / f"kluis-{digest}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src / "kluis", tmp / "kluis", ignore=shutil.ignore_patterns("__pycache__"))
+        # Compile now, so the first measured command does not pay for it.
+        compileall.compile_dir(tmp / "kluis", quiet=1)
+        tmp.rename(dest)
+    commit = run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], check=False).strip()
+    dirty = run(
+        ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "src/kluis"], check=False
+    ).strip()
+    state = " plus uncommitted changes in src/kluis" if dirty else ""
+    return dest, f"kluis from git {commit}{state}; frozen copy {digest} (sha256 of the package files)"
+
+
 BORG_COMPRESSION = "zstd,3"
 # The CPU has SHA-NI, where borg's own docs say HMAC-SHA256 ("repokey") beats BLAKE2b.
 BORG_ENCRYPTION = "repokey"
@@ -100,6 +137,9 @@ class Kluis(Tool):
     """Kluis through ``kluis repo`` on a local directory."""
 
     name = "kluis"
+    # Set by freeze_kluis() through run.py: the frozen package folder and its description.
+    source: Path | None = None
+    described = ""
     compression = "zstd (engine default level, see meta; chunks that do not compress are stored raw)"
 
     def __init__(self, run_dir: Path, passphrase: str) -> None:
@@ -111,6 +151,8 @@ class Kluis(Tool):
         env = self._base_env()
         # restore/verify have no --scratch: their index cache goes to $XDG_CACHE_HOME/kluis/<id>.
         env["XDG_CACHE_HOME"] = str(self.cache)
+        if Kluis.source is not None:
+            env["PYTHONPATH"] = str(Kluis.source)
         return env
 
     def _common(self) -> list[str]:
@@ -145,7 +187,11 @@ class Kluis(Tool):
         forced = os.environ.get("KLUIS_BENCH_DISK_MODE")
         if forced in ("disk", "file"):
             return forced == "disk"
-        done = subprocess.run([str(KLUIS), *cls.DISK_ARGV, "--help"], capture_output=True, check=False)
+        env = dict(os.environ)
+        if Kluis.source is not None:
+            env["PYTHONPATH"] = str(Kluis.source)
+        argv = [str(KLUIS), *cls.DISK_ARGV, "--help"]
+        done = subprocess.run(argv, capture_output=True, check=False, env=env)
         return done.returncode == 0
 
     def backup_disk(self, image: Path, name: str) -> Backup:
@@ -173,15 +219,12 @@ class Kluis(Tool):
 
     @staticmethod
     def version() -> str:
-        commit = run(
-            ["git", "-C", str(KLUIS.parent.parent.parent), "rev-parse", "--short", "HEAD"], check=False
-        )
-        dirty = run(
-            ["git", "-C", str(KLUIS.parent.parent.parent), "status", "--porcelain", "--", "src/kluis/engine"],
-            check=False,
-        )
-        state = " (engine has uncommitted changes)" if dirty.strip() else ""
-        return f"kluis at git {commit.strip()}{state}"
+        if Kluis.described:
+            return Kluis.described
+        commit = run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], check=False)
+        dirty = run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "src/kluis"], check=False)
+        state = " plus uncommitted changes in src/kluis" if dirty.strip() else ""
+        return f"kluis from git {commit.strip()}{state} (live tree, not frozen)"
 
 
 class Restic(Tool):
