@@ -115,6 +115,7 @@ def test_backup_reports_progress_and_result(fleet: Fleet) -> None:
         p.stat().st_size for p in fleet.data.rglob("*") if p.is_file()
     )
     assert "files" in progress["message"] and "/s" in progress["message"]
+    assert progress["rate"] > 0
     stats = done["result"]["stats"]
     assert stats["files_read"] == 100 and stats["warnings"] == 0 and stats["point_id"] == _point_of(done)
     point = vault.ok("GET", f"/api/v1/points/{_point_of(done)}")
@@ -265,10 +266,12 @@ def test_agent_killed_mid_backup_resumes_without_resending(fleet: Fleet, workdir
     size = sum(p.stat().st_size for p in fresh.rglob("*") if p.is_file())
     before = _stored_pack_bytes(vault, fleet.b_id)
     job = vault.backup(item["id"])
-    wait_for(lambda: (vault.job(job["id"])["progress"].get("bytes_done") or 0) > size // 2, what="half")
+    # Killed early, before the engine writes its first index file (every 16 packs): what was
+    # sent is in packs no index names, which only the pack journal knows about.
+    wait_for(lambda: (vault.job(job["id"])["progress"].get("bytes_done") or 0) > size // 5, what="a fifth")
     fleet.b.kill()
     sent = _stored_pack_bytes(vault, fleet.b_id) - before
-    assert sent > size // 4
+    assert sent > size // 8
     fleet.b.start()
     # The restarted agent reports the job it lost, instead of leaving it hanging.
     lost = vault.wait_job(job["id"], timeout=20)
@@ -361,6 +364,34 @@ def test_kek_file_deleted(fleet: Fleet, workdir: Path) -> None:
     assert unlocked.rc == 0, unlocked.stdout + unlocked.stderr
     assert kek.stat().st_mode & 0o777 == 0o600
     assert vault.wait_job(vault.backup(fleet.docs["id"])["id"])["status"] == "Completed"
+
+    # Another machine's KEK file in its place: also 34506, saying whose key set it is.
+    saved = kek.read_bytes()
+    kek.write_bytes((fleet.b.scratch / "kluis.kek").read_bytes())
+    try:
+        done = vault.wait_job(vault.backup(fleet.docs["id"])["id"])
+        assert done["status"] == "Failed" and done["error"]["code"] == "34506", done
+        assert str(kek) in done["error"]["message"]
+    finally:
+        kek.write_bytes(saved)
+
+
+def test_damaged_checksum_store(fleet: Fleet) -> None:
+    vault = fleet.vault
+    db = fleet.a.scratch / "items" / fleet.docs["id"] / "checksums.db"
+    for extra in (db.with_name("checksums.db-wal"), db.with_name("checksums.db-shm")):
+        extra.unlink(missing_ok=True)
+    db.write_bytes(b"not a database any more " * 400)
+    done = vault.wait_job(vault.backup(fleet.docs["id"])["id"])
+    assert done["status"] == "Failed" and done["error"]["code"] == "SalChecksumStoreInitializationFailed", (
+        done
+    )
+    assert str(db) in done["error"]["message"]
+    # The catalog's fix: delete it; the next backup reads every file once and rebuilds it.
+    db.unlink()
+    done = vault.wait_job(vault.backup(fleet.docs["id"])["id"])
+    assert done["status"] == "Completed", done
+    assert done["result"]["stats"]["files_read"] == done["result"]["stats"]["files"] - 1  # all but the link
 
 
 def test_completed_with_warnings_lists_skipped_files(fleet: Fleet, workdir: Path) -> None:

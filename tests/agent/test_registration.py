@@ -347,3 +347,46 @@ def test_scratch_folder_on_full_file_system(creds: Path, tmp_path: Path) -> None
         assert not (a.config_file.exists())
     finally:
         fs.__exit__(None, None, None)
+
+
+def test_vault_refuses_the_key_set(vault: VaultServer, creds: Path, tmp_path: Path) -> None:
+    p = agent(tmp_path, "keyset-1")
+    assert p.register(creds).rc == 0
+    n = agent(tmp_path, "keyset-2")
+    assert n.register(creds, OTHER_PASSPHRASE).rc == 0
+    # An administrator removed P's machine from the vault; P's own configuration stayed. When P now
+    # registers under N's name, nothing of P is found, a new key set is made, and the vault refuses
+    # it for a name that a machine with another key set holds.
+    vault.ok("DELETE", f"/api/v1/machines/{p.machine_id()}")
+    result = p.cli(
+        "register",
+        "--vault-credentials",
+        str(creds),
+        "--passphrase-file",
+        str(p.root / "passphrase"),
+        "--json",
+        hostname="keyset-2",
+    )
+    assert result.rc == 3 and result.error["code"] == "EncryptionKeySetupFailed", result.stdout
+    assert result.error["params"]["path"] == str(p.scratch / "kluis.kek")
+    assert "keyset-2" in result.error["message"]  # the vault's reason, as detail
+    # N is untouched and still unlocks with its own passphrase.
+    assert n.register(creds, OTHER_PASSPHRASE).json["reregistered"] is True
+
+
+def test_config_set_and_show(creds: Path, tmp_path: Path) -> None:
+    a = agent(tmp_path, "cfg-1")
+    assert a.register(creds).rc == 0
+    assert a.cli("config", "set", "work_hours_limit", "2MiB").rc == 0
+    assert a.cli("config", "set", "work_days", "mon,wed").rc == 0
+    bad = a.cli("config", "set", "work_start", "25:00")
+    assert bad.rc == 2 and "work_start" in bad.stdout + bad.stderr
+    moved_to = tmp_path / "new-scratch"
+    assert a.cli("config", "set", "scratch", str(moved_to)).rc == 0
+    shown = a.cli("config", "show", "--json").json
+    assert shown["bandwidth"]["work_hours_limit"] == 2 * 1024 * 1024
+    assert shown["bandwidth"]["work_days"] == ["mon", "wed"] and shown["bandwidth"]["work_start"] == "08:00"
+    assert shown["agent"]["scratch"] == str(moved_to) and shown["machine"]["token"] == "***"
+    # The KEK file moved with the folder, so the agent still unlocks its keys.
+    assert (moved_to / "kluis.kek").is_file() and not (a.scratch / "kluis.kek").exists()
+    assert a.cli("status", "--json").json["kek_file_present"] is True

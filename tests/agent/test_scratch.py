@@ -1,0 +1,103 @@
+"""The scratch-folder checks on real folders and files, each failure with its own code and numbers."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from kluis.agent import scratch
+from kluis.catalog import KluisError
+from kluis.engine.checksum_store import ChecksumStore
+
+
+def _code(exc: pytest.ExceptionInfo[KluisError]) -> str:
+    return exc.value.code
+
+
+def test_a_healthy_folder_passes_and_opens_the_checksum_store(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_bytes(b"x" * 10_000)
+    (tmp_path / "s").mkdir()
+    found = scratch.check_before_job(tmp_path / "s", item_id="item1", paths=[str(data)])
+    try:
+        assert found.protected_bytes == 10_000
+        assert found.free > found.needed == scratch.MIN_FREE
+        assert found.checksums is not None and found.checksums.path == tmp_path / "s/items/item1/checksums.db"
+    finally:
+        assert found.checksums is not None
+        found.checksums.close()
+
+
+def test_missing_or_not_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(KluisError) as exc:
+        scratch.check_before_job(tmp_path / "absent", item_id=None)
+    assert _code(exc) == "ScratchFolderInvalid" and "does not exist" in exc.value.message
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(KluisError) as exc:
+        scratch.check_before_job(tmp_path / "file", item_id=None)
+    assert _code(exc) == "ScratchFolderInvalid" and "not a directory" in exc.value.message
+
+
+def test_free_space_must_be_five_percent_of_the_protected_data(tmp_path: Path) -> None:
+    layout = scratch.Layout(tmp_path)
+    scratch.record_backup_bytes(layout, "big", 10**18)  # an exabyte: 5% of it is on no disk here
+    with pytest.raises(KluisError) as exc:
+        scratch.check_before_job(tmp_path, item_id="big")
+    assert _code(exc) == "SalLowDiskSpace"
+    message = exc.value.message
+    assert str(tmp_path) in message and "free" in message
+    assert "44.4 PiB" in message  # needed: 5% of 10**18 bytes
+    assert "5% of about" in message
+
+
+def test_temporary_area_unusable(tmp_path: Path) -> None:
+    (tmp_path / "tmp").write_text("a file where the temporary area should be")
+    with pytest.raises(KluisError) as exc:
+        scratch.check_before_job(tmp_path, item_id=None)
+    assert _code(exc) == "SalVhdInitializationError" and str(tmp_path / "tmp") in exc.value.message
+
+
+def test_checksum_store_that_cannot_be_opened(tmp_path: Path) -> None:
+    db = scratch.Layout(tmp_path).checksum_store("item1")
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"this is not an SQLite database, " * 200)
+    with pytest.raises(KluisError) as exc:
+        scratch.check_before_job(tmp_path, item_id="item1", paths=[])
+    assert _code(exc) == "SalChecksumStoreInitializationFailed" and str(db) in exc.value.message
+
+
+def test_change_detection_state_damaged(tmp_path: Path) -> None:
+    db = scratch.Layout(tmp_path).checksum_store("item1")
+    store = ChecksumStore(db)
+    for i in range(300):
+        store.set_meta(f"key{i}", "v" * 200)  # several pages of change-detection settings
+    store.record(b"/data/a", 1, 2, 3, 4, 5, ["00" * 32])
+    store.close()
+    con = sqlite3.connect(db)
+    (root,) = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'meta'").fetchone()
+    (page_size,) = con.execute("PRAGMA page_size").fetchone()
+    con.close()
+    with open(db, "r+b") as f:  # damage the meta table's root page, not the files table
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff" * 64)
+    with pytest.raises(KluisError) as exc:
+        scratch.check_before_job(tmp_path, item_id="item1", paths=[])
+    assert _code(exc) == "SalBitmapError" and str(db) in exc.value.message
+
+
+def test_registration_checks_name_what_failed(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(KluisError) as exc:
+        scratch.check_for_registration(tmp_path / "file" / "scratch")
+    assert _code(exc) == "0x1FC07" and "cannot be created" in exc.value.message
+    (tmp_path / "ok" / "tmp").mkdir(parents=True)
+    (tmp_path / "ok" / "tmp").rmdir()
+    (tmp_path / "ok" / "tmp").write_text("x")
+    with pytest.raises(KluisError) as exc:
+        scratch.check_for_registration(tmp_path / "ok")
+    assert _code(exc) == "0x1FC07" and "temporary area" in exc.value.message
+    scratch.check_for_registration(tmp_path / "fine")
+    assert (tmp_path / "fine" / "tmp").is_dir()
