@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,45 @@ def test_backup_reports_progress_and_result(fleet: Fleet) -> None:
     assert status["daemon_running"] is True and status["vault_id"] == vault.vault_id
     assert status["last_heartbeat_at"] and status["machine_name"] == "host-a"
     assert status["recent_jobs"][0]["id"] == job["id"]
+
+
+def test_heartbeat_carries_extension_handler_states(fleet: Fleet, workdir: Path) -> None:
+    from kluis.agent.extensions.snapshot import (
+        EXTENSION_NAME,
+        ExtensionManager,
+        build_snapshot_extension_package,
+    )
+
+    package, sha256, version = build_snapshot_extension_package(workdir / "pkg")
+    manager = ExtensionManager(fleet.a.scratch / "extensions", machine="host-a")
+    manager.ensure(EXTENSION_NAME, version, sha256, package.read_bytes)
+
+    def reported() -> list[dict[str, Any]]:
+        machine = fleet.vault.ok("GET", f"/api/v1/machines/{fleet.a_id}")
+        return [e for e in machine["extensions"] if e["name"] == EXTENSION_NAME]
+
+    found = wait_for(reported, what="the extension in a heartbeat")
+    assert found[0]["version"] == version and found[0]["state"] == "succeeded"
+    status = fleet.a.cli("status", "--json").json
+    assert [e["name"] for e in status["extensions"]] == [EXTENSION_NAME]
+    manager.uninstall(EXTENSION_NAME)
+    wait_for(lambda: not reported(), what="the uninstalled extension to disappear")
+
+
+def test_reregistration_while_the_daemon_runs(fleet: Fleet, workdir: Path) -> None:
+    # A new token replaces the old one; the running daemon picks it up from agent.toml.
+    again = fleet.a.register(fleet.vault.credentials_file(workdir / "creds2"))
+    assert again.rc == 0 and again.json["reregistered"] is True, again.stdout
+    done = fleet.vault.wait_job(fleet.vault.backup(fleet.docs["id"])["id"])
+    assert done["status"] == "Completed", done
+    # Registering again kept the settings made after the first registration.
+    agent = tomllib.loads(fleet.a.config_file.read_text())["agent"]
+    assert agent["heartbeat_interval"] == 1 and agent["poll_wait"] == 5
+    since = time.time()
+    wait_for(
+        lambda: (fleet.a.state().get("last_heartbeat_at") or 0) > since, what="a heartbeat with the new token"
+    )
+    assert fleet.a.state()["last_heartbeat_error"] is None
 
 
 def test_incremental_after_one_percent_change(fleet: Fleet) -> None:

@@ -167,6 +167,8 @@ class Daemon:
         try:
             answer = self.client.heartbeat(self.cfg.machine_id, body)
         except KluisError as exc:
+            if exc.code == "AuthTokenInvalid" and self.reload_token():
+                return self.heartbeat_once()
             log.warning("heartbeat failed: %s: %s", exc.code, exc.message)
             self.state.update(last_heartbeat_error=exc.to_dict(), last_heartbeat_error_at=time.time())
             return None
@@ -182,10 +184,30 @@ class Daemon:
         )
         return answer
 
+    def reload_token(self) -> bool:
+        """After ``kluis agent register`` ran again (a new token), use the token it wrote."""
+        try:
+            fresh = AgentConfig.load(self.cfg.dir)
+        except KluisError:
+            return False
+        if fresh.machine_id != self.cfg.machine_id or fresh.token == self.cfg.token:
+            return False
+        log.info("the machine was registered again; using its new token")
+        self.cfg.token = fresh.token  # jobs build their stores from this same object
+        self.client.http.headers["Authorization"] = f"Bearer {fresh.token}"
+        return True
+
     def extensions(self) -> list[dict[str, Any]]:
-        """Handler states of installed extensions (none are installed by the files agent yet)."""
-        found = self.state.data.get("installed_extensions") or []
-        return [dict(e) for e in found if isinstance(e, dict)]
+        """Handler states of the extensions installed in the scratch folder, as the heartbeat carries them."""
+        try:
+            from kluis.agent.extensions.snapshot import ExtensionManager
+
+            entries = ExtensionManager(self.layout.extensions, machine=self.cfg.hostname).heartbeat_entries()
+        except (ImportError, OSError, ValueError, TypeError) as exc:
+            log.warning("extension handler states cannot be read: %s", exc)
+            return []
+        keep = ("name", "version", "state", "message")
+        return [{k: str(e[k])[:1000] for k in keep if e.get(k) is not None} for e in entries]
 
     def _heartbeat_loop(self) -> None:
         while not self.stop_event.is_set():
@@ -206,6 +228,8 @@ class Daemon:
             try:
                 work = self.client.work(self.cfg.machine_id, self.cfg.poll_wait)
             except KluisError as exc:
+                if exc.code == "AuthTokenInvalid" and self.reload_token():
+                    continue
                 log.warning("asking the vault for work failed: %s: %s", exc.code, exc.message)
                 self.state.update(last_poll_error=exc.to_dict(), last_poll_error_at=time.time())
                 self.stop_event.wait(backoff)
@@ -227,6 +251,7 @@ class Daemon:
 
     def start_job(self, desc: dict[str, Any]) -> None:
         """Run a job in its own thread, unless its item is already being backed up here."""
+        self.reload_token()  # a poll that began before a re-registration hands out jobs too
         job = Job(self.env, desc, stopping=self.stopping)
         item_id = str(job.item["id"]) if job.item.get("id") else None
         with self._lock:

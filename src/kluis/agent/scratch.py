@@ -11,6 +11,7 @@ Layout::
     logs/<job id>-failed-files.jsonl the failed-files logs
     cache/<machine id>/              index cache and the journal of packs not yet indexed
     sources/<machine id>.kek         KEKs of other machines this one may restore from
+    extensions/                      installed extensions and their handler states
 
 Checks before a job, in this order, each naming the path and the numbers: the folder
 exists and is a directory (ScratchFolderInvalid); its volume has free space of at least
@@ -71,6 +72,11 @@ class Layout:
     def lock(self) -> Path:
         """The daemon's lock file."""
         return self.root / "agent.lock"
+
+    @property
+    def extensions(self) -> Path:
+        """Installed extensions and their handler states."""
+        return self.root / "extensions"
 
     @property
     def tmp(self) -> Path:
