@@ -7,6 +7,7 @@ driven through its HTTP API with the admin token. Ports are free loopback ports.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -64,6 +65,15 @@ class Result:
         data = self.json
         assert isinstance(data, dict) and "error" in data, self.stdout + self.stderr
         return dict(data["error"])
+
+
+@functools.cache
+def netns_available() -> bool:
+    """Whether ``unshare --net`` works here (root, and a kernel with network namespaces)."""
+    try:
+        return subprocess.run(["unshare", "--net", "true"], capture_output=True, check=False).returncode == 0
+    except FileNotFoundError:
+        return False
 
 
 def kluis(

@@ -94,7 +94,7 @@ class ProgressReporter:
         cancel: threading.Event,
         *,
         interval: float = 1.0,
-        keepalive: float = 30.0,
+        keepalive: float = 10.0,
     ) -> None:
         self.client = client
         self.job_id = job_id
@@ -184,13 +184,21 @@ class ProgressReporter:
         if answer.get("cancel"):
             self.cancel.set()
 
+    def _counts(self) -> tuple[int, int, int] | None:
+        p = self._progress
+        return None if p is None else (p.files, p.bytes, p.warnings)
+
     def _loop(self) -> None:
+        # Report when something moved; otherwise only now and then, so a stalled job still
+        # hears of a cancel and the vault sees it is alive, without a write every second.
         last = 0.0
+        seen = self._counts()
         while not self._done.wait(self.interval):
             now = time.monotonic()
-            if self._dirty or self._progress is not None or now - last >= self.keepalive:
+            counts = self._counts()
+            if self._dirty or counts != seen or now - last >= self.keepalive:
                 self._send()
-                last = now
+                last, seen = now, counts
         self._send()
 
 
