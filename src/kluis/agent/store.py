@@ -77,11 +77,9 @@ class AgentVaultStore(VaultStore):
             job_id=job_id,
             # One attempt per call: ResilientStore retries, with cancel checks and HEAD before re-sending.
             retries=1,
+            # The agent's client adds the proxy, the pinned certificate and the throttle.
+            client=make_client(endpoint, cfg.token, buckets=buckets, timeout=120.0),
         )
-        # VaultStore builds a plain httpx client; swap in the agent's, which adds the proxy,
-        # the pinned certificate and the throttle (VaultStore has no hook for a transport).
-        self._http.client.close()
-        self._http.client = make_client(endpoint, cfg.token, buckets=buckets, timeout=120.0)
         self.endpoint = endpoint
 
 

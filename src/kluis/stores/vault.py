@@ -81,10 +81,13 @@ class _Http:
         timeout: float,
         retries: int,
         backoff: float,
+        client: httpx.Client | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = httpx.Client(base_url=self.base_url, headers=headers, verify=verify, timeout=timeout)
+        self.client = client or httpx.Client(
+            base_url=self.base_url, headers=headers, verify=verify, timeout=timeout
+        )
         self.retries = max(1, retries)
         self.backoff = backoff
 
@@ -128,7 +131,10 @@ class VaultStore(Store):
         timeout: float = 120.0,
         retries: int = 6,
         backoff: float = 0.5,
+        client: httpx.Client | None = None,
     ) -> None:
+        """``client``, when given, is used as is (it must carry the base URL and the token):
+        the agent passes one with its proxy, pinned certificate and bandwidth limit."""
         self.vault_url = url.rstrip("/")
         self.machine_id = machine_id
         self.repo_machine_id = repo_machine_id or machine_id
@@ -142,7 +148,13 @@ class VaultStore(Store):
         self._prefix = f"/api/v1/machines/{self.repo_machine_id}/repo"
         self.url = self.vault_url + self._prefix
         self._http = _Http(
-            self.vault_url, token, verify=verify, timeout=timeout, retries=retries, backoff=backoff
+            self.vault_url,
+            token,
+            verify=verify,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            client=client,
         )
 
     def for_job(self, item_id: str | None, job_id: str | None) -> VaultStore:
