@@ -169,7 +169,7 @@ def test_credentials_of_another_vault_are_100110(vault: VaultServer) -> None:
     body = json.loads(creds["content"])
     body["vault_id"] = "0" * 32
     body["vault_name"] = "elsewhere"
-    body["checksum"] = credentials._checksum(body)  # a well-formed file of another vault
+    body["checksum"] = credentials.checksum(body)  # a well-formed file of another vault
     response = Agent(vault).register({"file_name": "elsewhere.vaultCredentials", "content": json.dumps(body)})
     assert response.status_code == 409 and _code(response) == "100110"
     assert "elsewhere" in response.json()["message"]
