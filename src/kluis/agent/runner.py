@@ -279,6 +279,10 @@ class Job:
     def _backup(self) -> Outcome:
         env, cfg = self.env, self.env.cfg
         kind = str(self.item.get("kind", ""))
+        if kind == "disks":
+            from kluis.agent.disk_runner import run_disk_backup
+
+            return run_disk_backup(self)
         if kind != "files":
             raise KluisError(
                 "AgentJobUnsupported", job=self.id, what=f"a backup of a {kind or 'unknown'} item"

@@ -93,3 +93,7 @@ def files(
         out.print(f"Back it up now with: kluis backup now {created['id'][:12]} --wait")
 
     with_client(body, vault, token, as_json)
+
+
+# `kluis protect disks` lives in its own module and adds itself to this group.
+import kluis.cli.disks  # noqa: E402,F401

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from kluis import __version__
 from kluis.stores import open_store
 from kluis.vault import errors
-from kluis.vault.api import alerts, items, jobs, machines, points, policies, repo, system, users
+from kluis.vault.api import alerts, extensions, items, jobs, machines, points, policies, repo, system, users
 from kluis.vault.config import VaultConfig
 from kluis.vault.context import VaultContext
 from kluis.vault.db.migrate import open_database
@@ -66,6 +66,6 @@ def create_app(config: VaultConfig, *, ctx: VaultContext | None = None) -> FastA
     app.state.ctx = context
     app.state.scheduler = scheduler
     errors.install(app)
-    for module in (system, users, machines, repo, items, policies, jobs, points, alerts):
+    for module in (system, users, machines, repo, items, policies, jobs, points, alerts, extensions):
         app.include_router(module.router, prefix=API_PREFIX)
     return app
