@@ -32,6 +32,7 @@ _GROUPS = [
     ("kluis.cli.mount", "app", None),
     ("kluis.cli.protection", "app", None),
     ("kluis.cli.alerts", "app", "alerts"),
+    ("kluis.cli.doctor", "app", None),
 ]
 
 

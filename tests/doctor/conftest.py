@@ -1,0 +1,33 @@
+"""Fixtures for doctor tests: one vault server per module (real ``kluis vault serve``)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.agent.helpers import VaultServer, start_vault
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    """A directory for the module's servers and agents."""
+    path = Path(tempfile.mkdtemp(prefix="kluis-doctor-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def vault(workdir: Path) -> Iterator[VaultServer]:
+    """One vault process for the module."""
+    server = start_vault(workdir)
+    try:
+        yield server
+    finally:
+        server.kill()  # an agent's long poll would hold a graceful stop for seconds
+        server.close()
