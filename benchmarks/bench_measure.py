@@ -1,8 +1,9 @@
-"""Running one command and measuring it: wall time, CPU time and peak RSS of that child alone.
+"""Running one command and measuring it: wall time, CPU time and peak RSS of that command alone.
 
-``os.wait4`` returns the rusage of exactly the process we started (plus any
-children it waited for), so each figure belongs to one command, unlike
-``getrusage(RUSAGE_CHILDREN)`` which keeps the maximum over every child ever.
+``os.wait4`` returns the rusage of exactly the process we started (plus the
+children it waited for), so CPU time belongs to one command, unlike
+``getrusage(RUSAGE_CHILDREN)`` which sums every child ever. Peak RSS comes from
+GNU time(1), see :func:`measure`.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def wait_quiet() -> float:
             break
         time.sleep(4)
     return time.monotonic() - start
+
+
+TIME = "/usr/bin/time"
 
 
 class CommandFailed(RuntimeError):
@@ -108,11 +112,15 @@ def measure(
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         busy0, steal0 = _cpu_jiffies()
         start = time.monotonic()
-        # `nice` execs the tool in the same process, so wait4 below still sees the tool itself.
+        # Peak RSS comes from GNU time, not from our own wait4: Linux keeps a process's RSS
+        # high-water mark across fork and exec, so a tool started straight from this (large)
+        # Python process would report at least our own RSS. time is small, and it forks the tool.
+        # `nice` execs the tool in place, so time waits for the tool itself.
         prefix = ["nice", "-n", str(PRIORITY["nice"])] if PRIORITY["nice"] and os.geteuid() == 0 else []
-        proc = subprocess.Popen(
-            [*prefix, *argv], stdout=out, stderr=err, env=dict(env) if env else None, cwd=cwd
-        )
+        rss_fd, rss_name = tempfile.mkstemp(prefix="bench-rss-")
+        os.close(rss_fd)
+        timed = [TIME, "-q", "-f", "%M", "-o", rss_name, *prefix, *argv]
+        proc = subprocess.Popen(timed, stdout=out, stderr=err, env=dict(env) if env else None, cwd=cwd)
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         try:
@@ -125,11 +133,18 @@ def measure(
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
+        try:
+            max_rss = int(Path(rss_name).read_text().split()[-1])
+        except (OSError, ValueError, IndexError):
+            max_rss = -1
+        finally:
+            os.unlink(rss_name)
         m = Measurement(
             argv=list(argv),
             seconds=seconds,
+            # CPU time of time(1) includes the tool it waited for; time itself costs next to nothing.
             cpu_seconds=usage.ru_utime + usage.ru_stime,
-            max_rss_kib=usage.ru_maxrss,
+            max_rss_kib=max_rss,
             returncode=proc.returncode,
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),

@@ -26,6 +26,9 @@ TOP = 15
 
 def _frame_name(frame: dict[str, Any]) -> str:
     path = str(frame.get("file", ""))
+    at = path.rfind("/kluis/")
+    if at >= 0:  # the frozen copy's folder says nothing: keep kluis/...
+        path = path[at + 1 :]
     for cut in ("site-packages/", "/src/", "lib/python3.11/"):
         if cut in path:
             path = path.split(cut, 1)[1]
@@ -33,10 +36,17 @@ def _frame_name(frame: dict[str, Any]) -> str:
     return f"{frame.get('name', '?')} ({path})" if path else str(frame.get("name", "?"))
 
 
-def summarise(speedscope: Path, seconds: float) -> dict[str, Any]:
-    """Self and inclusive time per function, and per-thread activity, from a py-spy speedscope file."""
+def summarise(speedscope: Path, seconds: float, *, by_line: bool = False) -> dict[str, Any]:
+    """Self and inclusive time per function, and per-thread activity, from a py-spy speedscope file.
+
+    With ``by_line``, self time is per source line (tells a blocking fsync from a write).
+    """
     doc = json.loads(speedscope.read_text())
     names = [_frame_name(f) for f in doc["shared"]["frames"]]
+    leaf_names = [
+        f"{_frame_name(f)[:-1]}:{f.get('line')})" if by_line and _frame_name(f).endswith(")") else n
+        for f, n in zip(doc["shared"]["frames"], names, strict=True)
+    ]
     # py-spy's speedscope weights are seconds of samples (1 / rate each).
     self_c: dict[str, float] = defaultdict(float)
     incl_c: dict[str, float] = defaultdict(float)
@@ -50,7 +60,7 @@ def summarise(speedscope: Path, seconds: float) -> dict[str, Any]:
             if not stack:
                 continue
             # speedscope "sampled" stacks run from the root to the leaf.
-            self_c[names[stack[-1]]] += w
+            self_c[leaf_names[stack[-1]]] += w
             for name in {names[i] for i in stack}:
                 incl_c[name] += w
         total += n
@@ -70,11 +80,16 @@ def summarise(speedscope: Path, seconds: float) -> dict[str, Any]:
     }
 
 
-def _record(out: Path, argv: list[str], env: dict[str, str], *, gil: bool) -> tuple[float, dict[str, Any]]:
+MODES = {
+    "active": ([], "all non-idle samples"),
+    "gil": (["--gil"], "only samples where the thread holds the GIL"),
+    "idle": (["--idle"], "every sample, idle (blocked) threads included"),
+}
+
+
+def _record(out: Path, argv: list[str], env: dict[str, str], mode: str) -> tuple[float, dict[str, Any]]:
     spy = [str(PY_SPY), "record", "--rate", str(RATE), "--format", "speedscope", "-o", str(out)]
-    if gil:
-        spy.append("--gil")
-    m = measure([*spy, "--", *argv], env=env)
+    m = measure([*spy, *MODES[mode][0], "--", *argv], env=env)
     text = m.stdout
     start = text.find("{\n")
     report: dict[str, Any] = json.JSONDecoder().raw_decode(text[start:])[0] if start >= 0 else {}
@@ -82,10 +97,10 @@ def _record(out: Path, argv: list[str], env: dict[str, str], *, gil: bool) -> tu
 
 
 def profile_kluis(corpus: CorpusInfo, data: Path, passphrase: str) -> dict[str, Any]:
-    """Record both phases (all samples, then GIL-only) and summarise them."""
+    """Record both phases three times (active samples, GIL-only, idle included) and summarise them."""
     phases: dict[str, dict[str, Any]] = {}
     files: list[str] = []
-    for gil in (False, True):
+    for mode in MODES:
         tool = Kluis(data / "repos" / "profile", passphrase)
         try:
             tool.reset()
@@ -97,21 +112,24 @@ def profile_kluis(corpus: CorpusInfo, data: Path, passphrase: str) -> dict[str, 
             for key, title in (("first", "First backup"), ("nochange", "No-change re-backup")):
                 warm_up([corpus.root])
                 sync()
-                suffix = "-gil" if gil else ""
-                out = data / f"profile-{key}{suffix}.speedscope.json"
-                seconds, report = _record(out, argv, env, gil=gil)
+                out = data / f"profile-{key}-{mode}.speedscope.json"
+                seconds, report = _record(out, argv, env, mode)
                 files.append(str(out))
-                summary = summarise(out, seconds)
+                summary = summarise(out, seconds, by_line=mode == "idle")
                 phase = phases.setdefault(key, {"title": title})
-                if gil:
+                if mode == "gil":
                     phase["gil_share"] = summary["sampled_seconds"] / seconds
                     phase["top_gil"] = summary["top_self"]
                     phase["gil_seconds"] = seconds
+                elif mode == "idle":
+                    phase["idle_seconds"] = seconds
+                    phase["top_wall_lines"] = summary["top_self"]
+                    phase["threads_wall"] = summary["threads"]
                 else:
                     phase.update(summary)
                     phase["seconds"] = seconds
                     phase["kluis_report"] = report
-                print(f"profile: {title}{' (GIL only)' if gil else ''}: {seconds:.1f} s", flush=True)
+                print(f"profile: {title} ({MODES[mode][1]}): {seconds:.1f} s", flush=True)
         finally:
             tool.remove()
     version: Callable[[], str] = Kluis.version

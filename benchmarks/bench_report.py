@@ -355,6 +355,19 @@ def render_profile(profile: dict[str, Any]) -> list[str]:
         for fn in phase["top_inclusive"]:
             add(f"| `{fn['name']}` | {fn['share']:.1%} |")
         add("")
+        if phase.get("top_wall_lines"):
+            add(
+                "Wall time including waiting (`--idle`: blocked threads sampled too), by the line each "
+                "thread was on; shares of all thread-samples ("
+                + ", ".join(t["name"] for t in phase.get("threads_wall", []))
+                + "):"
+            )
+            add("")
+            add("| line (self, idle included) | share of all samples |")
+            add("| --- | ---: |")
+            for fn in phase["top_wall_lines"]:
+                add(f"| `{fn['name']}` | {fn['share']:.1%} |")
+            add("")
         add("| function holding the GIL (self) | share of GIL-held samples |")
         add("| --- | ---: |")
         for fn in phase["top_gil"]:

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -274,6 +275,9 @@ def main() -> int:
         help="source folder whose kluis package is frozen (copied) and measured",
     )
     args = p.parse_args()
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so finally blocks delete repositories, undo the
+    # append step and unmount; a background job started by a shell ignores SIGINT.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     QUIET_GATE.update(threshold=args.quiet_threshold, max_wait=args.quiet_wait)
     PRIORITY.update(nice=args.nice)
 
