@@ -377,6 +377,10 @@ class Job:
     # -- restore -------------------------------------------------------------------------------
 
     def _restore(self) -> Outcome:
+        if self.item.get("kind") == "disks":
+            from kluis.agent.disk_restore_runner import run_disk_restore
+
+            return run_disk_restore(self)
         env, cfg = self.env, self.env.cfg
         point_id = str(self.params.get("point_id", ""))
         source = str(
