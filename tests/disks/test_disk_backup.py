@@ -65,6 +65,31 @@ def test_full_then_changed_block_incremental(site: Site) -> None:
     assert s2["instant_points"] == 2
 
 
+def test_extension_uninstall_reinstall_and_points_lock(site: Site) -> None:
+    item = _item(site, "vm1")
+    listed = site.cli("extension", "list", "--json")
+    assert listed.rc == 0, listed.stdout + listed.stderr
+    assert [(e["name"], e["state"]) for e in listed.json] == [("snapshot", "succeeded")]
+    removed = site.cli("extension", "uninstall", "snapshot", "--json")
+    assert removed.rc == 0 and removed.json["uninstalled"] is True, removed.stdout + removed.stderr
+    assert site.cli("extension", "list", "--json").json == []
+    again = site.cli("extension", "uninstall", "snapshot", "--json")
+    assert again.rc != 0 and again.error["code"] == "ResourceNotFound"
+
+    locked = site.cli("points", "lock", "vm1", "--why", "legal hold", "--json")
+    assert locked.rc == 0, locked.stdout + locked.stderr
+    lock_file = site.agent.scratch / "instant-points" / item["id"] / "lock.json"
+    assert "legal hold" in lock_file.read_text()
+
+    # The next backup installs the extension again; the lock does not stop a collection with room.
+    job = site.backup(item["id"])
+    assert job["status"] == "Completed", job
+    assert [e["state"] for e in site.cli("extension", "list", "--json").json] == ["succeeded"]
+    unlocked = site.cli("points", "unlock", "vm1", "--json")
+    assert unlocked.rc == 0 and unlocked.json["unlocked"] is True, unlocked.stdout + unlocked.stderr
+    assert not lock_file.exists()
+
+
 def test_vanished_disk_image_is_coded(site: Site) -> None:
     image = site.host / "vm" / "gone.img"
     image.write_bytes(b"\0" * (1024 * 1024))

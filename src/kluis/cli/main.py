@@ -28,6 +28,7 @@ _GROUPS = [
     ("kluis.cli.backup", "app", "backup"),
     ("kluis.cli.jobs", "app", "jobs"),
     ("kluis.cli.points", "app", "points"),
+    ("kluis.cli.extension", "app", "extension"),
     ("kluis.cli.restore", "app", None),
     ("kluis.cli.mount", "app", None),
     ("kluis.cli.protection", "app", None),

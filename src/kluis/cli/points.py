@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
+import socket
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -63,5 +66,66 @@ def list_points(
         print_table(t)
         if not rows:
             out.print(f"No recovery points yet; make one with: kluis backup now {found['id'][:12]} --wait")
+
+    with_client(body, vault, token, as_json)
+
+
+# -- the restore point collection of a disks item on this machine (instant recovery points) ---
+
+
+def _collection_root(config_dir: str | None) -> Path:
+    from kluis.agent.config import AgentConfig
+    from kluis.agent.config import config_dir as resolve
+    from kluis.agent.disk_runner import instant_root
+
+    return instant_root(AgentConfig.load(resolve(config_dir)).scratch)
+
+
+@app.command("lock")
+def lock(
+    item: Annotated[str, typer.Argument(help="Item name, id or id prefix (a disks item of this machine).")],
+    why: Annotated[
+        str, typer.Option("--why", help="Why it is locked (shown to whoever meets the lock).")
+    ] = "",
+    config_dir: Annotated[str | None, typer.Option("--config-dir", envvar="KLUIS_AGENT_CONFIG_DIR")] = None,
+    vault: VaultOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Lock an item's restore point collection: instant points are not cleaned up while it holds."""
+    from kluis.agent.extensions.snapshot import lock_collection
+
+    def body(client: VaultClient) -> None:
+        found = client.item(item)
+        who = f"{getpass.getuser()}@{socket.gethostname()}"
+        held = lock_collection(found["id"], who, why or "locked by hand", _collection_root(config_dir))
+        if as_json:
+            print_json({"item": found["id"], "locked": True, "by": held.who, "why": held.why})
+            return
+        out.print(f"Restore point collection of {found['name']} locked ({held.describe()}).")
+
+    with_client(body, vault, token, as_json)
+
+
+@app.command("unlock")
+def unlock(
+    item: Annotated[str, typer.Argument(help="Item name, id or id prefix (a disks item of this machine).")],
+    config_dir: Annotated[str | None, typer.Option("--config-dir", envvar="KLUIS_AGENT_CONFIG_DIR")] = None,
+    vault: VaultOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove the lock; the next backup (or ``kluis points prune``) can clean up again."""
+    from kluis.agent.extensions.snapshot import unlock_collection
+
+    def body(client: VaultClient) -> None:
+        found = client.item(item)
+        removed = unlock_collection(found["id"], _collection_root(config_dir))
+        if as_json:
+            print_json({"item": found["id"], "unlocked": removed})
+            return
+        out.print(
+            f"Restore point collection of {found['name']} " + ("unlocked." if removed else "was not locked.")
+        )
 
     with_client(body, vault, token, as_json)
