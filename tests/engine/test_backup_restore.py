@@ -295,3 +295,20 @@ def test_progress_reports(tmp_path: Path) -> None:
     FileBackup(repo, progress=lambda p: seen.append(p.as_dict())).run([src])
     assert seen and seen[-1]["files"] >= 10 and seen[-1]["bytes"] > 3_000_000
     assert {"rate", "eta", "files", "bytes"} <= set(seen[-1])
+
+
+def test_cancel_commits_nothing_and_is_a_catalog_error(tmp_path: Path) -> None:
+    import itertools
+
+    src = make_source(tmp_path)
+    repo = new_repo(tmp_path / "repo")
+    calls = itertools.count()
+    with pytest.raises(KluisError) as info:
+        FileBackup(repo, should_stop=lambda: next(calls) > 5).run([src])
+    assert info.value.code == "OperationCancelled"
+    assert not list(repo.store.list("points/"))
+    # The next run completes and restores; a cancelled restore says so too.
+    point = FileBackup(repo).run([src]).point_id
+    with pytest.raises(KluisError) as info:
+        Restorer(reopen(repo), point, tmp_path / "out", should_stop=lambda: True).run()
+    assert info.value.code == "OperationCancelled"

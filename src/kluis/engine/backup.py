@@ -19,7 +19,6 @@ import fnmatch
 import os
 import re
 import socket
-import stat
 import threading
 import time
 from collections import deque
@@ -151,7 +150,7 @@ class _DirJob:
 
 
 class _Cancelled(Exception):
-    pass
+    """Raised inside the walk and the workers; run() turns it into OperationCancelled."""
 
 
 class FileBackup:
@@ -460,9 +459,13 @@ class FileBackup:
         self._pool = ThreadPoolExecutor(self.options.threads, thread_name_prefix="kluis-backup")
         try:
             root_tree = self._build_root(sources)
-        except BaseException:
+        except BaseException as exc:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self.repo.index.forget_pending()
+            self.failed.close()
+            if isinstance(exc, _Cancelled):
+                # Nothing was committed: packs already uploaded are reused by the next run.
+                raise KluisError("OperationCancelled", operation="backup") from None
             raise
         self._pool.shutdown(wait=True)
         if self.cache is not None:
@@ -580,8 +583,3 @@ class FileBackup:
         for c in holder.items[0].content or () if isinstance(holder.items[0], Node) else ():
             if isinstance(c, str):
                 self._refs.add(bytes.fromhex(c))
-
-
-def is_regular(st: os.stat_result) -> bool:
-    """Whether a stat result is a regular file."""
-    return stat.S_ISREG(st.st_mode)
