@@ -99,16 +99,16 @@ def _report(result: Result) -> Report:
     return Report(result.rc, data, result.stderr)
 
 
-def edit_config(agent: AgentProc, **sections: dict[str, Any] | None) -> dict[str, Any]:
+def edit_config(proc: AgentProc, /, **sections: dict[str, Any] | None) -> dict[str, Any]:
     """Set (or with None remove) whole sections of agent.toml; returns the document before."""
-    before = tomllib.loads(agent.config_file.read_text())
-    doc = tomllib.loads(agent.config_file.read_text())
+    before = tomllib.loads(proc.config_file.read_text())
+    doc = tomllib.loads(proc.config_file.read_text())
     for name, value in sections.items():
         if value is None:
             doc.pop(name, None)
         else:
             doc[name] = value
-    agent.config_file.write_text(tomli_w.dumps(doc))
+    proc.config_file.write_text(tomli_w.dumps(doc))
     return before
 
 

@@ -9,7 +9,6 @@ machine (a full scratch file system, a slow backup in progress) register one.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -21,15 +20,28 @@ import pytest
 
 from kluis.agent.extensions.snapshot import (
     EXTENSION_NAME,
+    DiskRef,
     ExtensionManager,
+    RestorePointCollection,
     build_snapshot_extension_package,
+    lock_collection,
+    unlock_collection,
 )
-from tests.agent.helpers import AgentProc, VaultServer
+from kluis.agent.extensions.snapshot.instant import DAY, MAX_POINTS
+from kluis.agent.extensions.snapshot.providers import ReflinkProvider, new_snapshot_id
+from tests.agent.helpers import AgentProc, VaultServer, fill, kluis, loop_filesystem, make_tree, wait_for
+from tests.agent.proxy import TestProxy
 from tests.doctor.helpers import (
+    DateShiftProxy,
+    daemon_of,
+    doctor_env,
     edit_config,
+    restore_config,
     run_doctor,
     stop_daemon,
+    wait_heartbeat,
 )
+from tests.extensions.helpers import Mounts, run
 
 # Skips a healthy machine may show: capabilities this kernel lacks, with the reason.
 KERNEL_SKIPS = {"snapshot-lvm": "no device-mapper in this kernel"}
@@ -106,3 +118,338 @@ def test_healthy_machine_passes_every_check(machine: Machine) -> None:
     assert not problems
     assert report.check("extension-handlers")["summary"].startswith("installed and intact: snapshot")
     assert report.data["ok"] is True and report.data["counts"]["fail"] == 0
+
+
+def test_human_output_lists_checks_then_failures_with_their_fix(machine: Machine) -> None:
+    agent = machine.agent
+    before = edit_config(agent, extensions={"enable": False, "dir": str(machine.extensions)})
+    try:
+        result = kluis("doctor", "--config-dir", str(agent.config_dir), env=doctor_env(agent))
+    finally:
+        restore_config(agent, before)
+    assert result.rc == 1
+    table, _, details = result.stdout.partition("Agent configuration: AgentConfigOptionInvalid")
+    details = " ".join(details.split())  # rich wraps long lines
+    assert "Vault reachable: TCP" in table and "FAIL" in table and "PASS" in table
+    assert "Likely causes:" in details and "What to do:" in details
+    assert "Fix: set `enable = true` under `[extensions]`" in details
+    assert "Some checks failed" in details
+
+
+def test_extensions_switched_off_in_the_agent_config(machine: Machine) -> None:
+    agent = machine.agent
+    before = edit_config(agent, extensions={"enable": False, "dir": str(machine.extensions)})
+    try:
+        report = run_doctor(agent)
+    finally:
+        restore_config(agent, before)
+    assert report.rc == 1
+    check = report.check("agent-config")
+    assert check["verdict"] == "fail"
+    assert check["error"]["code"] == "AgentConfigOptionInvalid"
+    assert check["error"]["params"] == {
+        "option": "extensions.enable",
+        "config": str(agent.config_file),
+        "value": "false",
+        "expected": "true",
+    }
+    assert "`enable = true` under `[extensions]`" in check["fix"]
+    assert set(report.not_passing()) <= {"agent-config", *KERNEL_SKIPS}
+
+
+def test_kek_file_deleted_then_unlocked_again(machine: Machine) -> None:
+    agent = machine.agent
+    kek = agent.scratch / "kluis.kek"
+    kept = kek.read_bytes()
+    kek.unlink()
+    try:
+        report = run_doctor(agent)
+        assert report.rc == 1
+        assert report.verdict("kek-file") == "fail" and report.code("kek-file") == "34506"
+        assert report.verdict("kek-vault") == "skip"
+        fix = report.check("kek-file")["fix"]
+        assert fix.startswith(f"kluis agent unlock --config-dir {agent.config_dir}")
+        # The fix it names works: the passphrase recreates the KEK file.
+        unlocked = agent.cli("unlock", "--passphrase-file", str(agent.root / "passphrase"))
+        assert unlocked.rc == 0, unlocked.stdout + unlocked.stderr
+        again = run_doctor(agent)
+        assert again.verdict("kek-file") == "pass" and again.verdict("kek-vault") == "pass"
+    finally:
+        if not kek.exists():
+            kek.write_bytes(kept)
+            kek.chmod(0o600)
+
+
+def test_kek_of_another_key_set_does_not_match_the_vault(machine: Machine, workdir: Path) -> None:
+    """A KEK file copied from another machine: the fingerprint check and the vault both refuse it."""
+    agent = machine.agent
+    other = register(machine.vault, workdir, "doc-host-other")
+    kek = agent.scratch / "kluis.kek"
+    kept = kek.read_bytes()
+    kek.write_bytes((other.scratch / "kluis.kek").read_bytes())
+    try:
+        report = run_doctor(agent)
+    finally:
+        kek.write_bytes(kept)
+    assert report.code("kek-file") == "34506"
+    assert "belongs to key set" in report.check("kek-file")["error"]["detail"]
+
+
+def test_machine_token_refused_and_host_name_changed(machine: Machine) -> None:
+    agent = machine.agent
+    doc = edit_config(agent)
+    broken = {**doc["machine"], "token": "kluis_m_" + "0" * 40}
+    edit_config(agent, machine=broken)
+    try:
+        report = run_doctor(agent)
+    finally:
+        restore_config(agent, doc)
+    assert report.verdict("vault-http") == "pass"
+    assert report.verdict("vault-auth") == "fail" and report.code("vault-auth") == "AuthTokenInvalid"
+    assert report.verdict("kek-vault") == "skip"
+    assert "kluis agent register" in report.check("vault-auth")["fix"]
+
+    env = doctor_env(agent)
+    env["KLUIS_AGENT_HOSTNAME"] = "renamed-host"
+    renamed = kluis("doctor", "--json", "--config-dir", str(agent.config_dir), env=env)
+    check = next(c for c in renamed.json["checks"] if c["id"] == "registration")
+    assert check["verdict"] == "fail" and check["error"]["code"] == "230006"
+    assert check["error"]["params"] == {"registered": agent.hostname, "current": "renamed-host"}
+    assert check["fix"].startswith(f"hostnamectl set-hostname {agent.hostname}")
+
+
+def test_proxy_asking_for_authentication(machine: Machine) -> None:
+    agent = machine.agent
+    doc = edit_config(agent)
+    with TestProxy() as proxy:
+        edit_config(agent, agent={**doc["agent"], "proxy": proxy.url})
+        try:
+            report = run_doctor(agent)
+        finally:
+            restore_config(agent, doc)
+        assert proxy.seen, "the doctor went through the proxy"
+    assert report.verdict("vault-dns") == "pass" and report.verdict("vault-tcp") == "pass"
+    assert report.verdict("vault-proxy") == "fail"
+    assert report.code("vault-proxy") == "ProxyAuthenticationRequired"
+    assert "kluis agent config set proxy http://USER:PASSWORD@HOST:PORT" in report.check("vault-proxy")["fix"]
+    assert report.verdict("vault-tls") == "skip" and report.verdict("vault-http") == "skip"
+
+
+def test_clock_skew_against_the_vault(machine: Machine) -> None:
+    """The vault's Date header moved an hour ahead by a proxy of the test's own: our clock is behind."""
+    agent = machine.agent
+    doc = edit_config(agent)
+    with DateShiftProxy(machine.vault.port, shift=3600) as proxy:
+        edit_config(agent, vault={**doc["vault"], "url": proxy.url})
+        try:
+            report = run_doctor(agent)
+        finally:
+            restore_config(agent, doc)
+        assert proxy.rewritten > 0
+    assert report.verdict("vault-http") == "pass" and report.verdict("vault-auth") == "pass"
+    check = report.check("clock-skew")
+    assert check["verdict"] == "fail" and check["error"]["code"] == "ClockSkew", check
+    assert 3595 <= -int(check["error"]["params"]["offset"]) <= 3605
+    assert check["error"]["params"]["limit"] == 300
+    assert "timedatectl set-ntp true" in check["fix"]
+    # A small skew within the limit is only a warning.
+    with DateShiftProxy(machine.vault.port, shift=-120) as proxy:
+        edit_config(agent, vault={**doc["vault"], "url": proxy.url})
+        try:
+            small = run_doctor(agent)
+        finally:
+            restore_config(agent, doc)
+    assert small.verdict("clock-skew") == "warn" and small.code("clock-skew") == "ClockSkew"
+
+
+def test_extension_directory_mounted_noexec(machine: Machine) -> None:
+    agent = machine.agent
+    mnt = machine.root / "noexec"
+    mnt.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,noexec", "tmpfs", str(mnt)], check=True)
+    doc = edit_config(agent, extensions={"enable": True, "dir": str(mnt / "extensions")})
+    try:
+        (mnt / "extensions").mkdir()
+        report = run_doctor(agent)
+        (mnt / "extensions").rmdir()  # not there yet: the file system is judged before it is created
+        missing = run_doctor(agent)
+    finally:
+        restore_config(agent, doc)
+        subprocess.run(["umount", str(mnt)], check=False)
+    check = report.check("extension-dir")
+    assert check["verdict"] == "fail" and check["error"]["code"] == "ExtensionDirNoexec"
+    assert check["error"]["params"] == {"path": str(mnt / "extensions")}
+    assert f"mount -o remount,exec {mnt}" in check["fix"]
+    assert missing.code("extension-dir") == "ExtensionDirNoexec"
+
+
+def test_damaged_extension_is_reinstalled_by_fix(machine: Machine) -> None:
+    agent = machine.agent
+    manager = ExtensionManager(machine.extensions, machine=agent.hostname)
+    installed = manager.installed_path(EXTENSION_NAME)
+    assert installed is not None
+    target = installed / "freeze.py"
+    target.write_bytes(target.read_bytes() + b"\n# changed on disk\n")
+    report = run_doctor(agent)
+    check = report.check("extension-handlers")
+    assert check["verdict"] == "fail" and check["error"]["code"] == "ExtensionHandlerFailed"
+    assert "freeze.py does not match its checksum" in check["error"]["params"]["reason"]
+    assert check["auto_fix"] == "reinstall snapshot"
+
+    fixed = run_doctor(agent, "--fix")
+    assert [(f["fix"], f["ok"]) for f in fixed.data["fixes"]] == [("reinstall-extensions", True)]
+    assert "reinstalled snapshot" in fixed.data["fixes"][0]["message"]
+    assert fixed.verdict("extension-handlers") == "pass"
+    assert manager.verify(EXTENSION_NAME) is None
+    assert b"changed on disk" not in (manager.installed_path(EXTENSION_NAME) / "freeze.py").read_bytes()
+
+
+@pytest.fixture
+def xfs(tmp_path: Path) -> Iterator[Path]:
+    """An XFS file system with reflink on a loop device: where the instant points' snapshots live."""
+    mounts = Mounts()
+    image = tmp_path / "xfs.img"
+    with open(image, "wb") as fh:
+        fh.truncate(320 * 1024 * 1024)
+    try:
+        run("mkfs.xfs", "-q", "-m", "reflink=1", str(image))
+        yield mounts.mount(mounts.loop(image), tmp_path / "xfs")
+    finally:
+        mounts.close()
+
+
+def test_restore_point_collection_locked_then_cleaned_up_by_fix(machine: Machine, xfs: Path) -> None:
+    agent = machine.agent
+    image = xfs / "vm" / "root.img"
+    image.parent.mkdir()
+    image.write_bytes(os.urandom(256 * 1024))
+
+    def snap() -> object:
+        return ReflinkProvider().create([DiskRef("root", str(image))], new_snapshot_id())
+
+    item = "item-disks-1"
+    points = RestorePointCollection(item, machine.points, machine=agent.hostname)
+    try:
+        expired = points.add(snap(), 1, "crash", now=time.time() - 3 * DAY)  # type: ignore[arg-type]
+        live = points.add(snap(), 5, "crash")  # type: ignore[arg-type]
+        old_file = Path(expired.snapshot.disk("root").read_path)
+        lock_collection(item, "backup-admin", "legal hold", machine.points)
+
+        locked = run_doctor(agent)
+        check = locked.check("restore-point-collection")
+        assert check["verdict"] == "fail" and check["error"]["code"] == "RestorePointCollectionLocked"
+        assert "legal hold" in check["error"]["detail"] and "1 expired points" in check["error"]["detail"]
+        assert str(points.dir / "lock.json") in check["fix"] and check["auto_fix"] is None
+        not_fixed = run_doctor(agent, "--fix")
+        assert not_fixed.verdict("restore-point-collection") == "fail" and old_file.exists()
+
+        assert unlock_collection(item, machine.points)
+        stale = run_doctor(agent)
+        check = stale.check("restore-point-collection")
+        assert check["verdict"] == "warn" and check["error"]["code"] == "InstantPointsExpired"
+        assert check["error"]["params"] == {"item": item, "count": 1}
+
+        fixed = run_doctor(agent, "--fix")
+        assert [(f["fix"], f["ok"]) for f in fixed.data["fixes"]] == [("clean-instant-points", True)]
+        assert f"1 from {item}" in fixed.data["fixes"][0]["message"]
+        assert fixed.verdict("restore-point-collection") == "pass"
+        assert not old_file.exists() and Path(live.snapshot.disk("root").read_path).exists()
+        assert [p.id for p in points.points()] == [live.id]
+
+        # Full: 18 points that have not expired leave no room for the next snapshot.
+        for _ in range(MAX_POINTS - 1):
+            points.add(snap(), 5, "crash")  # type: ignore[arg-type]
+        full = run_doctor(agent)
+        check = full.check("restore-point-collection")
+        assert check["verdict"] == "fail" and check["error"]["code"] == "UserErrorRpCollectionLimitReached"
+        assert check["error"]["params"] == {
+            "machine": agent.hostname,
+            "count": MAX_POINTS,
+            "limit": MAX_POINTS,
+        }
+    finally:
+        points.unlock()
+        points.clean_up(everything=True)
+        for path in (points.dir / "collection.json", points.dir / ".mutex"):
+            path.unlink(missing_ok=True)
+        points.dir.rmdir()
+
+
+def test_vault_port_closed(machine: Machine) -> None:
+    vault = machine.vault
+    vault.stop()
+    try:
+        report = run_doctor(machine.agent)
+    finally:
+        vault.start()
+    assert report.rc == 1
+    assert report.verdict("vault-dns") == "pass"
+    check = report.check("vault-tcp")
+    assert check["verdict"] == "fail" and check["error"]["code"] == "100050"
+    assert check["error"]["params"]["stage"] == "TCP"
+    assert "refused the connection" in check["error"]["params"]["reason"]
+    assert f"nc -vz 127.0.0.1 {vault.port}" in check["fix"]
+    for later in ("vault-proxy", "vault-tls", "vault-http", "vault-auth", "clock-skew", "kek-vault"):
+        assert report.verdict(later) == "skip", later
+    wait_heartbeat(machine.agent, time.time())
+
+
+def test_agent_stopped_then_restarted_by_fix(machine: Machine) -> None:
+    agent = machine.agent
+    stop_daemon(agent)
+    report = run_doctor(agent)
+    check = report.check("agent-service")
+    assert check["verdict"] == "fail" and check["error"]["code"] == "AgentNotRunning"
+    assert "stopped at" in check["error"]["params"]["reason"]
+    assert check["auto_fix"] == "restart the agent"
+    assert report.verdict("agent-heartbeat") == "skip"
+
+    fixed = run_doctor(agent, "--fix")
+    assert [(f["fix"], f["ok"]) for f in fixed.data["fixes"]] == [("restart-agent", True)], fixed.data[
+        "fixes"
+    ]
+    assert "kluis agent run --config-dir" in fixed.data["fixes"][0]["message"]
+    before = {c["id"]: c["verdict"] for c in fixed.data["before_fixes"]}
+    assert before["agent-service"] == "fail"
+    assert fixed.verdict("agent-service") == "pass" and fixed.verdict("agent-heartbeat") == "pass"
+    assert fixed.rc == 0, fixed.not_passing()
+    assert daemon_of(agent) is not None  # left running, as a service would be
+
+
+def test_scratch_folder_full(vault: VaultServer, workdir: Path) -> None:
+    with loop_filesystem(workdir / "fullfs", size_mib=24) as fs:
+        agent = register(vault, workdir, "doc-host-full", scratch=fs / "scratch")
+        fill(fs)
+        report = run_doctor(agent)
+    check = report.check("scratch-folder")
+    assert check["verdict"] == "fail" and check["error"]["code"] == "SalLowDiskSpace"
+    assert check["error"]["params"]["path"] == str(fs / "scratch")
+    assert check["error"]["params"]["needed"] == "16.0 MiB"
+    assert "kluis agent config set scratch DIR" in check["fix"]
+    assert report.verdict("scratch-temp-area") == "skip" and report.verdict("checksum-store") == "skip"
+
+
+def test_backup_in_progress_on_an_item(vault: VaultServer, workdir: Path) -> None:
+    agent = register(vault, workdir, "doc-host-busy")
+    agent.tune(work_hours_limit=1_000_000, off_hours_limit=1_000_000)  # bytes/s: the backup takes a while
+    agent.extra_env["KLUIS_PACK_SIZE"] = str(256 * 1024)  # small packs: the cancel is honoured soon
+    data = workdir / "busy-data"
+    make_tree(data, files=16, size=700 * 1024, seed=5)
+    agent.start()
+    try:
+        policy = vault.policy()
+        item = vault.files_item(agent.machine_id(), policy["id"], [str(data)], "busy-files")
+        job = vault.backup(item["id"])
+        wait_for(lambda: job["id"] in (agent.state().get("running") or {}), what="the backup to start")
+        report = run_doctor(agent)
+        vault.ok("POST", f"/api/v1/jobs/{job['id']}/cancel")
+        vault.wait_job(job["id"], timeout=30)
+    finally:
+        stop_daemon(agent)
+    check = report.check("jobs-in-progress")
+    assert check["verdict"] == "warn", check
+    assert check["error"]["code"] == "UserErrorBackupOperationInProgress"
+    assert check["error"]["params"] == {"item": item["id"], "job": job["id"]}
+    assert f"kluis jobs cancel {job['id']}" in check["fix"]
+    # A warning does not fail the run.
+    assert report.rc == 0, report.not_passing()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from kluis.catalog import KluisError
@@ -38,13 +39,15 @@ def _print_report(report: Report) -> None:
         r = o.result
         verdict = str(r.verdict)
         code = r.error.code if r.error is not None else ""
-        table.add_row(o.check.title, f"[{_STYLE[verdict]}]{verdict.upper()}[/]", code, r.summary)
+        table.add_row(
+            escape(o.check.title), f"[{_STYLE[verdict]}]{verdict.upper()}[/]", code, escape(r.summary)
+        )
     out.print(table)
     if report.fixes:
         out.print("[bold]Fixes applied (then checked again):[/]")
         for f in report.fixes:
             mark = "[green]done[/]" if f.ok else "[red]failed[/]"
-            out.print(f"  {mark} {f.fix} ({f.check}): {f.message}")
+            out.print(f"  {mark} {f.fix} ({f.check}): {escape(f.message)}")
     for o in report.outcomes:
         r = o.result
         if r.error is None or str(r.verdict) not in ("fail", "warn"):
@@ -52,20 +55,20 @@ def _print_report(report: Report) -> None:
         e = r.error
         colour = _STYLE[str(r.verdict)]
         out.print()
-        out.print(f"[{colour}]{o.check.title}: {e.code}[/] [bold]{e.title}[/]")
-        out.print(f"  {e.message}")
+        out.print(f"[{colour}]{escape(o.check.title)}: {e.code}[/] [bold]{escape(e.title)}[/]")
+        out.print(f"  {escape(e.message)}")
         if e.causes:
             out.print("  [bold]Likely causes:[/]")
             for i, cause in enumerate(e.causes, 1):
-                out.print(f"    {i}. {cause}")
+                out.print(f"    {i}. {escape(cause)}")
         if e.actions:
             out.print("  [bold]What to do:[/]")
             for i, action in enumerate(e.actions, 1):
-                out.print(f"    {i}. {action}")
+                out.print(f"    {i}. {escape(action)}")
         if r.fix:
-            out.print(f"  [bold]Fix:[/] {r.fix}")
+            out.print(f"  [bold]Fix:[/] {escape(r.fix)}")
         if r.auto_fix is not None and not report.fixes:
-            out.print(f"  [dim]`kluis doctor --fix` can do this: {r.auto_fix.description}.[/]")
+            out.print(f"  [dim]`kluis doctor --fix` can do this: {escape(r.auto_fix.description)}.[/]")
         out.print(f"  [dim]More: {e.to_dict()['docs']}[/]")
     counts = ", ".join(f"{report.count(v)} {v}" for v in Verdict)
     out.print()
