@@ -9,6 +9,7 @@ machine (a full scratch file system, a slow backup in progress) register one.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -29,6 +30,7 @@ from kluis.agent.extensions.snapshot import (
 )
 from kluis.agent.extensions.snapshot.instant import DAY, MAX_POINTS
 from kluis.agent.extensions.snapshot.providers import ReflinkProvider, new_snapshot_id
+from kluis.doctor.service import MIN_SILENCE
 from tests.agent.helpers import AgentProc, VaultServer, fill, kluis, loop_filesystem, make_tree, wait_for
 from tests.agent.proxy import TestProxy
 from tests.doctor.helpers import (
@@ -392,6 +394,25 @@ def test_vault_port_closed(machine: Machine) -> None:
     for later in ("vault-proxy", "vault-tls", "vault-http", "vault-auth", "clock-skew", "kek-vault"):
         assert report.verdict(later) == "skip", later
     wait_heartbeat(machine.agent, time.time())
+
+
+def test_hung_agent_misses_its_heartbeats(machine: Machine) -> None:
+    """A daemon that hangs (SIGSTOP) still holds its lock, but its heartbeats stop."""
+    agent = machine.agent
+    pid = daemon_of(agent)
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(MIN_SILENCE + 1)
+        report = run_doctor(agent)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert report.verdict("agent-service") == "pass"
+    check = report.check("agent-heartbeat")
+    assert check["verdict"] == "fail" and check["error"]["code"] == "AgentUnresponsive", check
+    assert int(check["error"]["params"]["missed"]) >= MIN_SILENCE
+    assert check["auto_fix"] == "restart the agent"
+    wait_heartbeat(agent, time.time())
 
 
 def test_agent_stopped_then_restarted_by_fix(machine: Machine) -> None:
