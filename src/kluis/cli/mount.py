@@ -163,20 +163,24 @@ def _serve(plan: MountPlan, on_ready: Callable[[], None]) -> None:
     from kluis.engine.fusefs import RecoveryPointFS, serve
 
     try:
-        fs = RecoveryPointFS(plan.open_repo(), plan.point_id)
+        repo = plan.open_repo()
+        if repo.load_point(plan.point_id)[0].get("kind") == "disk":
+            fs = None  # a disk point: its file systems are mounted through loop devices (diskfs)
+        else:
+            fs = RecoveryPointFS(repo, plan.point_id)
     except KluisError as exc:
         if exc.code != "RecoveryMountFailed":
             raise
         raise _fail(plan.point_id, plan.mountpoint, str(exc.params.get("reason", exc.message))) from None
     marker: list[Path] = []
 
-    def ready() -> None:
+    def ready(*session: Any) -> None:
+        # A disk point's DIR is no mount itself; the marker names its first file system.
+        where = next(iter(session[0].mounts), plan.mountpoint) if session else plan.mountpoint
         if plan.scratch is not None and plan.item_id:
             try:
                 marker.append(
-                    write_marker(
-                        plan.scratch, plan.item_id, plan.point_id, plan.mountpoint, plan.idle_timeout
-                    )
+                    write_marker(plan.scratch, plan.item_id, plan.point_id, where, plan.idle_timeout)
                 )
             except OSError as exc:
                 logging.getLogger("kluis.mount").warning(
@@ -185,7 +189,12 @@ def _serve(plan: MountPlan, on_ready: Callable[[], None]) -> None:
         on_ready()
 
     try:
-        serve(fs, plan.mountpoint, idle_timeout=plan.idle_timeout, on_ready=ready)
+        if fs is None:
+            from kluis.engine.diskfs import serve_disks
+
+            serve_disks(repo, plan.point_id, plan.mountpoint, idle_timeout=plan.idle_timeout, on_ready=ready)
+        else:
+            serve(fs, plan.mountpoint, idle_timeout=plan.idle_timeout, on_ready=ready)
     finally:
         for path in marker:
             remove_marker(path)
@@ -328,12 +337,27 @@ def mount(
     run_command(body, as_json=as_json)
 
 
+def _stop_disk_mount(target: str) -> bool:
+    """End a disk point's mount on ``target`` (its process undoes mounts and loop devices)."""
+    try:
+        from kluis.engine.diskfs import find_session, stop_session
+    except ImportError:  # without the mount extra there is no disk mount to stop
+        return False
+    if find_session(target) is None:
+        return False
+    stop_session(target)
+    return True
+
+
 @app.command("unmount")
 def unmount(mountpoint: Annotated[Path, typer.Argument(help="Where a recovery point is mounted.")]) -> None:
     """Unmount a recovery point mounted with `kluis mount`."""
 
     def body() -> None:
         target = str(mountpoint.absolute())
+        if _stop_disk_mount(target):
+            out.print(f"Unmounted {target}.")
+            return
         if not os.path.ismount(target):
             raise _fail("-", target, "nothing is mounted there")
         tool = shutil.which("fusermount3") or shutil.which("fusermount")
