@@ -113,7 +113,7 @@ def test_scheduler_lease_not_held(vault: VaultServer) -> None:
     report = run_vault_doctor(vault.data)
     check = report.check("scheduler-lease")
     assert check["verdict"] == "fail" and check["error"]["code"] == "SchedulerLeaseNotHeld"
-    assert "no process holds it" in check["error"]["params"]["reason"]
+    assert "released the lease when it stopped" in check["error"]["params"]["reason"]
     assert check["fix"].startswith("systemctl start kluis-vault")
 
     # A killed one keeps it until it expires (lease_ttl 2 s), then the doctor names the holder.

@@ -184,7 +184,7 @@ def check_lease(ctx: VaultDoctorContext) -> Result:
     if held.holder and held.expires_at is not None:
         reason = f"{held.holder} stopped renewing it; it expired {_age(ctx, held.expires_at)}"
     else:
-        reason = "no process holds it: the vault is stopped or released it when stopping"
+        reason = "the vault is stopped, or released the lease when it stopped"
     if not cfg.scheduler_enabled:
         reason += f"; this vault's own configuration has the scheduler switched off ({ctx.config_path})"
     error = KluisError("SchedulerLeaseNotHeld", vault=cfg.vault_name, reason=reason)
@@ -236,6 +236,8 @@ def check_agents(ctx: VaultDoctorContext) -> Result:
             f"on {m.hostname}: start the agent with `systemctl enable --now kluis-agent`",
             details=details,
         )
+    if not machines:
+        return passed("no machine is registered yet", machines=0)
     return passed(
         f"all {len(machines)} machine(s) sent a heartbeat in the last {window} s", machines=len(machines)
     )

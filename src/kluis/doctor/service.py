@@ -53,10 +53,13 @@ def lock_holder(lock: Path) -> int | None:
         # "1: FLOCK  ADVISORY  WRITE 1477 fe:00:2283767 0 EOF"; waiters have "->" after the number.
         if len(fields) < 6 or fields[1] == "->" or fields[1] != "FLOCK":
             continue
-        maj, mnr, ino = fields[5].split(":")
-        if int(ino) != st.st_ino:
+        try:
+            maj, mnr, ino = fields[5].split(":")
+            if int(ino) != st.st_ino:
+                continue
+            pid = int(fields[4])
+        except ValueError:
             continue
-        pid = int(fields[4])
         if f"{maj}:{mnr}" == dev:
             return pid
         # btrfs subvolumes show another device number in stat() than in /proc/locks.
