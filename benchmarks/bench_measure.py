@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import tempfile
 import threading
@@ -34,6 +35,13 @@ def _cpu_jiffies() -> tuple[int, int]:
         fields = [int(x) for x in f.readline().split()[1:]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
     return user + nice + system + irq + softirq, steal
+
+
+def _set_autogroup_nice(pid: int, nice: int) -> None:
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+    except OSError:
+        pass  # no autogroups (kernel option off): plain nice still applies
 
 
 def busy_cores(interval: float = 1.0) -> float:
@@ -120,11 +128,32 @@ def measure(
         rss_fd, rss_name = tempfile.mkstemp(prefix="bench-rss-")
         os.close(rss_fd)
         timed = [TIME, "-q", "-f", "%M", "-o", rss_name, *prefix, *argv]
-        proc = subprocess.Popen(timed, stdout=out, stderr=err, env=dict(env) if env else None, cwd=cwd)
+        # Linux schedules sessions as "autogroups" and nice only ranks processes within one, so
+        # the command gets a session of its own whose autogroup gets the nice value too.
+        nice = PRIORITY["nice"] if os.geteuid() == 0 else 0
+        proc = subprocess.Popen(
+            timed,
+            stdout=out,
+            stderr=err,
+            env=dict(env) if env else None,
+            cwd=cwd,
+            start_new_session=bool(nice),
+        )
+        if nice:
+            _set_autogroup_nice(proc.pid, nice)
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         try:
             _pid, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            # Interrupted (SIGTERM, Ctrl-C): the command runs in a session of its own, so nobody
+            # else would stop it; time(1) and the tool share that session's process group.
+            if nice:
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                proc.terminate()
+            proc.wait()
+            raise
         finally:
             timer.cancel()
         seconds = time.monotonic() - start

@@ -210,8 +210,9 @@ def notes(args: argparse.Namespace, disk_mode: str | None) -> list[str]:
         )
     if args.nice and os.geteuid() == 0:
         n.append(
-            f"Every measured command ran under `nice -n {args.nice}` (all three tools alike), so that "
-            "other processes on the shared machine got only the CPU the tool left idle."
+            f"Every measured command ran under `nice -n {args.nice}` in a session of its own whose "
+            f"scheduler autogroup also had nice {args.nice} (all three tools alike), so that other "
+            "processes on the shared machine got mostly the CPU the tool left idle."
         )
     if disk_mode:
         n.append(f"Disk image: Kluis {disk_mode}.")
