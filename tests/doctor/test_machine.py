@@ -60,13 +60,13 @@ class Machine:
 
     @property
     def extensions(self) -> Path:
-        """Its extension directory."""
-        return self.root / "extensions"
+        """Its extension directory (where the agent installs them)."""
+        return self.agent.scratch / "extensions"
 
     @property
     def points(self) -> Path:
-        """Its restore point collections."""
-        return self.root / "points"
+        """Its restore point collections (where the agent keeps them)."""
+        return self.agent.scratch / "instant-points"
 
 
 def install_extension(directory: Path, machine: str) -> ExtensionManager:
@@ -81,24 +81,19 @@ def install_extension(directory: Path, machine: str) -> ExtensionManager:
 
 
 def register(vault: VaultServer, workdir: Path, name: str, scratch: Path | None = None) -> AgentProc:
-    """A registered agent (no daemon yet) with its extension and instant-point folders in its root."""
+    """A registered agent (no daemon yet), heartbeating every second once started."""
     root = workdir / name
     agent = AgentProc(root=root, hostname=name, scratch=scratch or root / "scratch")
     result = agent.register(vault.credentials_file(workdir / "creds"))
     assert result.rc == 0, result.stdout + result.stderr
     agent.tune(heartbeat_interval=1, poll_wait=5)
-    edit_config(
-        agent,
-        extensions={"enable": True, "dir": str(root / "extensions")},
-        snapshot={"instant_points": str(root / "points")},
-    )
     return agent
 
 
 @pytest.fixture(scope="module")
 def machine(vault: VaultServer, workdir: Path) -> Iterator[Machine]:
     agent = register(vault, workdir, "doc-host-1")
-    install_extension(agent.root / "extensions", agent.hostname)
+    install_extension(agent.scratch / "extensions", agent.hostname)
     agent.start()
     try:
         yield Machine(vault, agent, agent.root, workdir / "creds")
@@ -124,7 +119,7 @@ def test_healthy_machine_passes_every_check(machine: Machine) -> None:
 
 def test_human_output_lists_checks_then_failures_with_their_fix(machine: Machine) -> None:
     agent = machine.agent
-    before = edit_config(agent, extensions={"enable": False, "dir": str(machine.extensions)})
+    before = edit_config(agent, extensions={"enable": False})
     try:
         result = kluis("doctor", "--config-dir", str(agent.config_dir), env=doctor_env(agent))
     finally:
@@ -140,7 +135,7 @@ def test_human_output_lists_checks_then_failures_with_their_fix(machine: Machine
 
 def test_extensions_switched_off_in_the_agent_config(machine: Machine) -> None:
     agent = machine.agent
-    before = edit_config(agent, extensions={"enable": False, "dir": str(machine.extensions)})
+    before = edit_config(agent, extensions={"enable": False})
     try:
         report = run_doctor(agent)
     finally:
@@ -265,24 +260,20 @@ def test_clock_skew_against_the_vault(machine: Machine) -> None:
 
 
 def test_extension_directory_mounted_noexec(machine: Machine) -> None:
+    """A noexec tmpfs mounted over the agent's extension directory (hiding the installed one)."""
     agent = machine.agent
-    mnt = machine.root / "noexec"
-    mnt.mkdir(exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,noexec", "tmpfs", str(mnt)], check=True)
-    doc = edit_config(agent, extensions={"enable": True, "dir": str(mnt / "extensions")})
+    target = machine.extensions
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,noexec", "tmpfs", str(target)], check=True)
     try:
-        (mnt / "extensions").mkdir()
         report = run_doctor(agent)
-        (mnt / "extensions").rmdir()  # not there yet: the file system is judged before it is created
-        missing = run_doctor(agent)
     finally:
-        restore_config(agent, doc)
-        subprocess.run(["umount", str(mnt)], check=False)
+        subprocess.run(["umount", str(target)], check=False)
     check = report.check("extension-dir")
     assert check["verdict"] == "fail" and check["error"]["code"] == "ExtensionDirNoexec"
-    assert check["error"]["params"] == {"path": str(mnt / "extensions")}
-    assert f"mount -o remount,exec {mnt}" in check["fix"]
-    assert missing.code("extension-dir") == "ExtensionDirNoexec"
+    assert check["error"]["params"] == {"path": str(target)}
+    assert f"mount -o remount,exec {target}" in check["fix"]
+    # The installed extension is back once the mount is gone.
+    assert ExtensionManager(target).verify(EXTENSION_NAME) is None
 
 
 def test_damaged_extension_is_reinstalled_by_fix(machine: Machine) -> None:
@@ -301,6 +292,7 @@ def test_damaged_extension_is_reinstalled_by_fix(machine: Machine) -> None:
     fixed = run_doctor(agent, "--fix")
     assert [(f["fix"], f["ok"]) for f in fixed.data["fixes"]] == [("reinstall-extensions", True)]
     assert "reinstalled snapshot" in fixed.data["fixes"][0]["message"]
+    assert "from the vault" in fixed.data["fixes"][0]["message"]
     assert fixed.verdict("extension-handlers") == "pass"
     assert manager.verify(EXTENSION_NAME) is None
     assert b"changed on disk" not in (manager.installed_path(EXTENSION_NAME) / "freeze.py").read_bytes()
@@ -341,7 +333,7 @@ def test_restore_point_collection_locked_then_cleaned_up_by_fix(machine: Machine
         check = locked.check("restore-point-collection")
         assert check["verdict"] == "fail" and check["error"]["code"] == "RestorePointCollectionLocked"
         assert "legal hold" in check["error"]["detail"] and "1 expired points" in check["error"]["detail"]
-        assert str(points.dir / "lock.json") in check["fix"] and check["auto_fix"] is None
+        assert f"kluis points unlock {item}" in check["fix"] and check["auto_fix"] is None
         not_fixed = run_doctor(agent, "--fix")
         assert not_fixed.verdict("restore-point-collection") == "fail" and old_file.exists()
 

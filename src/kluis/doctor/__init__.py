@@ -78,22 +78,22 @@ for _module in (
     CATALOG_CHECKS.update(_module.CATALOG_CHECKS)
 
 
-def _checked(ctx: MachineContext) -> list[Outcome]:
-    try:
-        return run_checks(MACHINE_CHECKS, ctx)
-    finally:
-        ctx.close()
-
-
 def run_machine(config_dir: Path, *, fix: bool = False, hostname: str | None = None) -> Report:
     """Every machine check of the agent configured in ``config_dir``; ``fix`` repairs, then re-checks."""
-    outcomes = _checked(MachineContext(config_dir, hostname))
-    if not fix:
-        return Report("machine", outcomes)
-    fixes = apply_fixes(outcomes)
+    ctx = MachineContext(config_dir, hostname)
+    try:
+        outcomes = run_checks(MACHINE_CHECKS, ctx)
+        # The fixes may still ask the vault (an extension package), through the same connection.
+        fixes = apply_fixes(outcomes) if fix else []
+    finally:
+        ctx.close()
     if not fixes:
         return Report("machine", outcomes)
-    return Report("machine", _checked(MachineContext(config_dir, hostname)), fixes, before_fixes=outcomes)
+    again = MachineContext(config_dir, hostname)
+    try:
+        return Report("machine", run_checks(MACHINE_CHECKS, again), fixes, before_fixes=outcomes)
+    finally:
+        again.close()
 
 
 def run_vault(config_path: Path) -> Report:

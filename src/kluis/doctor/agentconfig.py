@@ -2,8 +2,8 @@
 
 Seed 004 asks for the guest agent's options (``Extensions.Enable=y``,
 ``Provisioning.Agent=auto``); Kluis's counterparts are a configuration that loads
-(a registration), ``[extensions] enable`` left on, and an extension directory given
-as an absolute path. Seed 000's MachineKeys permissions become the modes of the
+(the machine is provisioned: registered, with a vault, token and scratch folder) and
+``[extensions] enable`` left on (a boolean). Seed 000's MachineKeys permissions become the modes of the
 configuration directory (it holds the machine's token) and of the KEK file.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pwd
 import stat
-from pathlib import Path
 
 from kluis.catalog import KluisError
 from kluis.doctor.context import MachineContext
@@ -46,12 +45,6 @@ def check_agent_config(ctx: MachineContext) -> Result:
                 expected="true",
             ),
             f"set `enable = true` under `[extensions]` in {path}, then restart the agent",
-        )
-    ext_dir = ext.get("dir")
-    if ext_dir is not None and (not isinstance(ext_dir, str) or not Path(ext_dir).is_absolute()):
-        return failed(
-            KluisError("AgentConfigInvalid", path=path, reason="extensions.dir must be an absolute path"),
-            f"set `dir` under `[extensions]` in {path} to an absolute path, or remove it",
         )
     cfg = ctx.cfg
     return passed(

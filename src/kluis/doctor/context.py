@@ -6,15 +6,9 @@ question and the answers are shared: the step-by-step connection probe, ``/me``
 with the machine's token (with the vault's ``Date`` header and when it was asked),
 and the machine's wrapped key sets.
 
-Besides what ``AgentConfig`` reads, the doctor reads two optional sections of
-agent.toml that the snapshot extension uses::
-
-    [extensions]
-    enable = true                          # false: extensions may not run (AgentConfigOptionInvalid)
-    dir = "/var/lib/kluis/extensions"      # where extensions are installed
-
-    [snapshot]
-    instant_points = "/var/lib/kluis/instant-points"   # restore point collections
+The places are the agent's own: extensions in ``SCRATCH/extensions`` (``Layout``), restore
+point collections in ``SCRATCH/instant-points`` (``disk_runner.instant_root``), and the
+``[extensions] enable`` switch of agent.toml, which ``AgentConfig`` does not carry.
 """
 
 from __future__ import annotations
@@ -34,8 +28,6 @@ from kluis.agent.state import read_state
 from kluis.catalog import KluisError
 from kluis.doctor.framework import NotApplicable
 
-DEFAULT_EXTENSIONS_DIR = Path("/var/lib/kluis/extensions")
-DEFAULT_INSTANT_POINTS = Path("/var/lib/kluis/instant-points")
 VAULT_TIMEOUT = 10.0
 
 
@@ -127,15 +119,22 @@ class MachineContext:
 
     @property
     def extensions_dir(self) -> Path:
-        """Where extensions are installed (``[extensions] dir``)."""
-        value = self.section("extensions").get("dir")
-        return Path(value) if isinstance(value, str) and value else DEFAULT_EXTENSIONS_DIR
+        """Where the agent installs extensions."""
+        return self.layout.extensions
+
+    @property
+    def extensions_enabled(self) -> bool:
+        """``[extensions] enable``, read as the agent reads it."""
+        from kluis.agent.disk_runner import extensions_enabled
+
+        return extensions_enabled(self.config_path)
 
     @property
     def instant_points_dir(self) -> Path:
-        """Where the restore point collections are (``[snapshot] instant_points``)."""
-        value = self.section("snapshot").get("instant_points")
-        return Path(value) if isinstance(value, str) and value else DEFAULT_INSTANT_POINTS
+        """Where the agent keeps the restore point collections."""
+        from kluis.agent.disk_runner import instant_root
+
+        return instant_root(self.cfg.scratch)
 
     # -- the vault ------------------------------------------------------------------------
 
@@ -192,6 +191,18 @@ class MachineContext:
             answer = VaultAnswer(response.status_code, body, date, sent, received, error)
         self._cache[key] = answer
         return answer
+
+    def download(self, path: str) -> bytes:
+        """GET ``/api/v1{path}`` as the machine and return the body; the catalog error when it fails."""
+        from kluis.agent.net import API, response_error, transport_error
+
+        try:
+            response = self._client().get(API + path)
+        except httpx.TransportError as exc:
+            raise transport_error(self.endpoint(), exc) from None
+        if response.status_code >= 300:
+            raise response_error(self.endpoint(), response)
+        return response.content
 
 
 def _parse_date(value: str | None) -> float | None:

@@ -1,10 +1,13 @@
 """Extensions: their handler states (seed 004, steps 3 and 4) and a directory they can run from.
 
-``extension-handlers`` reads each extension's handler state and re-hashes the files of
-the ones that succeeded: ``failed``, stuck in ``transitioning``, damaged files, or a
-version other than the one this agent ships is ExtensionHandlerFailed. The fix is
-the seeds' one, done at once instead of at the next backup: uninstall and install
-again, through the ExtensionManager, from the package this agent carries.
+``extension-handlers`` reads each extension's handler state (in the scratch folder's
+``extensions/``, where the agent installs them) and re-hashes the files of the ones
+that succeeded: ``failed``, stuck in ``transitioning`` or damaged files are
+ExtensionHandlerFailed; a version other than the one the vault serves now is a warning
+(the next disk backup would install it). The fix is the seeds' one, done at once
+instead of at the next backup: uninstall and install again through the
+ExtensionManager, with the package the vault serves (checksum checked), or this
+agent's own copy of the snapshot extension when the vault cannot be reached.
 
 ``extension-dir`` asks the directory the same two questions the manager asks before
 installing: is its file system mounted ``noexec`` (ExtensionDirNoexec), and does a
@@ -18,13 +21,13 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kluis.agent.extensions.snapshot import (
     EXTENSION_NAME,
     ExtensionManager,
     HandlerState,
     build_snapshot_extension_package,
-    extension_version,
 )
 from kluis.agent.extensions.snapshot.mounts import mount_of
 from kluis.catalog import KluisError
@@ -39,7 +42,7 @@ def manager(ctx: MachineContext) -> ExtensionManager:
     return ExtensionManager(
         ctx.extensions_dir,
         machine=ctx.machine,
-        enabled=ctx.section("extensions").get("enable", True) is not False,
+        enabled=ctx.extensions_enabled,
         config_path=str(ctx.config_path),
     )
 
@@ -48,28 +51,51 @@ def _constant(data: bytes) -> Callable[[], bytes]:
     return lambda: data
 
 
+def served(ctx: MachineContext, name: str) -> dict[str, Any] | None:
+    """What the vault serves for extension ``name`` (version, sha256, url), or None when unknown."""
+    try:
+        answer = ctx.ask(f"/extensions/{name}")
+    except KluisError:
+        return None
+    if answer.error is not None or not isinstance(answer.body, dict) or "version" not in answer.body:
+        return None
+    return answer.body
+
+
+def _reinstall_one(ctx: MachineContext, mgr: ExtensionManager, name: str) -> str:
+    info = served(ctx, name)
+    if info is not None:
+        url = str(info["url"])
+        mgr.uninstall(name)
+        state = mgr.install(
+            name,
+            str(info["version"]),
+            str(info["sha256"]),
+            lambda: ctx.download(url),
+            url=ctx.cfg.vault_url + url,
+        )
+        return f"reinstalled {name} {state.version} from the vault ({state.state})"
+    if name != EXTENSION_NAME:
+        # Only the vault has other packages: removing it makes the next backup install it.
+        mgr.uninstall(name)
+        return f"uninstalled {name} (the vault cannot be asked; the next backup installs it again)"
+    with tempfile.TemporaryDirectory(prefix="kluis-doctor-") as tmp:
+        path, sha256, version = build_snapshot_extension_package(tmp)
+        package = path.read_bytes()
+    mgr.uninstall(name)
+    state = mgr.install(name, version, sha256, _constant(package), url=f"the agent's own package {path.name}")
+    return f"reinstalled {name} {state.version} from this agent's own copy (the vault did not answer)"
+
+
 def reinstall(ctx: MachineContext, names: list[str]) -> str:
-    """Uninstall and install again; the snapshot extension from the package this agent ships."""
+    """Uninstall and install again, as the next disk backup would, but now."""
     mgr = manager(ctx)
-    done: list[str] = []
-    for name in names:
-        if name != EXTENSION_NAME:
-            # Only the vault has other packages: removing it makes the next backup install it.
-            mgr.uninstall(name)
-            done.append(f"uninstalled {name} (the next backup installs it again)")
-            continue
-        with tempfile.TemporaryDirectory(prefix="kluis-doctor-") as tmp:
-            path, sha256, version = build_snapshot_extension_package(tmp)
-            package = path.read_bytes()
-            mgr.uninstall(name)
-            state = mgr.install(
-                name, version, sha256, _constant(package), url=f"the agent's own package {path.name}"
-            )
-        done.append(f"reinstalled {name} {state.version} ({state.state})")
-    return "; ".join(done)
+    return "; ".join(_reinstall_one(ctx, mgr, name) for name in names)
 
 
-def _problem(mgr: ExtensionManager, hs: HandlerState, now: float) -> tuple[str, bool] | None:
+def _problem(
+    ctx: MachineContext, mgr: ExtensionManager, hs: HandlerState, now: float
+) -> tuple[str, bool] | None:
     """(what is wrong, whether it stops backups) for one extension, or None."""
     if hs.state == "failed":
         return (hs.message or hs.code or "its last operation failed"), True
@@ -80,10 +106,9 @@ def _problem(mgr: ExtensionManager, hs: HandlerState, now: float) -> tuple[str, 
     damage = mgr.verify(hs.name)
     if damage is not None:
         return f"the installed files are damaged: {damage}", True
-    if hs.name == EXTENSION_NAME:
-        shipped = extension_version()
-        if hs.version != shipped:
-            return f"this agent ships version {shipped}", False
+    info = served(ctx, hs.name)
+    if info is not None and info["version"] != hs.version:
+        return f"the vault serves version {info['version']}", False
     return None
 
 
@@ -95,7 +120,7 @@ def check_extension_handlers(ctx: MachineContext) -> Result:
         return passed(f"no extension installed in {mgr.dir} yet; the first disk backup installs them")
     broken: list[tuple[HandlerState, str, bool]] = []
     for hs in states:
-        problem = _problem(mgr, hs, ctx.now)
+        problem = _problem(ctx, mgr, hs, ctx.now)
         if problem is not None:
             broken.append((hs, *problem))
     if not broken:
@@ -113,7 +138,8 @@ def check_extension_handlers(ctx: MachineContext) -> Result:
         reason=reason,
     )
     how = (
-        f"kluis doctor --fix --config-dir {ctx.config_dir} (uninstalls {', '.join(names)} and installs again)"
+        f"kluis doctor --fix --config-dir {ctx.config_dir} (reinstalls {', '.join(names)} now), or"
+        f" `kluis extension uninstall {names[0]}` and the next disk backup installs it"
     )
     details = {"broken": [{"name": b.name, "state": b.state, "reason": r} for b, r, _ in broken]}
     if blocking:
@@ -130,7 +156,6 @@ def _existing(path: Path) -> Path:
 def check_extension_dir(ctx: MachineContext) -> Result:
     """Programs can run from the extension directory: no noexec mount, no denying security policy."""
     mgr = manager(ctx)
-    config = ctx.config_path
     try:
         if mgr.dir.is_dir():
             mgr.check_executable()
@@ -141,8 +166,8 @@ def check_extension_dir(ctx: MachineContext) -> Result:
             mountpoint = mount_of(_existing(mgr.dir)).mountpoint
             fix = (
                 f"mount {mountpoint} without noexec (`mount -o remount,exec {mountpoint}` and drop"
-                f" noexec from its /etc/fstab line), or set `dir` under `[extensions]` in {config}"
-                " to a directory on another file system"
+                " noexec from its /etc/fstab line), or move the scratch folder to a file system that"
+                " allows programs: kluis agent config set scratch DIR"
             )
         else:
             fix = (

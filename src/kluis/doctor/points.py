@@ -54,8 +54,8 @@ def clean_expired(ctx: MachineContext) -> str:
 
 def _unlock_hint(col: RestorePointCollection, lock: CollectionLock) -> str:
     return (
-        f"if the lock ({lock.describe()}) is no longer needed, unlock the collection (delete"
-        f" {col.dir / 'lock.json'}), then clean up: `kluis doctor --fix` or `kluis backup now {col.item}`"
+        f"if the lock ({lock.describe()}) is no longer needed: kluis points unlock {col.item}, then"
+        f" clean up with `kluis doctor --fix` or `kluis backup now {col.item}`"
     )
 
 
