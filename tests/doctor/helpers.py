@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import threading
-import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,8 +210,3 @@ class DateShiftProxy:
             writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + resp_body)
             await writer.drain()
         writer.close()
-
-
-def now() -> float:
-    """Wall-clock time, as the agent's status file records it."""
-    return time.time()
