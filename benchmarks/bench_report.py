@@ -109,6 +109,7 @@ class Target:
     inverse: bool  # ratio is restic/kluis (speed from times) instead of kluis/restic
     op: str  # ">=" or "<="
     bound: float
+    tool: str = "kluis"  # the Kluis row compared (the disk engine has a row of its own for now)
 
     def ratio(self, kluis: float, restic: float) -> float | None:
         """Kluis's ratio to restic as the target states it."""
@@ -128,13 +129,28 @@ TARGETS = [
     Target("Repository size, × restic", "repo_mb", False, "<=", 1.0),
     Target("Peak RSS (all steps), × restic", "peak_rss", False, "<=", 1.0),
     Target("Disk image: bytes added after 1% rewrite, × restic", "disk_added_mb", False, "<=", 0.2),
+    Target(
+        "Disk image, disk engine via its Python API (supplementary): bytes added, × restic",
+        "disk_added_mb",
+        False,
+        "<=",
+        0.2,
+        tool="kluis-disk-api",
+    ),
 ]
+
+
+def all_tools(results: dict[str, Any]) -> list[str]:
+    """Tree tools, then disk-only ones, each once."""
+    out = list(results["tools"])
+    out += [t for t in results.get("disk_tools", []) if t not in out]
+    return out
 
 
 def medians(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Median of every figure per tool (over the runs that have it)."""
     out: dict[str, dict[str, float]] = {}
-    for tool in results["tools"]:
+    for tool in all_tools(results):
         row: dict[str, float] = {}
         for f in FIGURES:
             runs = results["tree_runs" if f.kind == "tree" else "disk_runs"].get(tool, [])
@@ -149,7 +165,9 @@ def evaluate_targets(med: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """Each target with Kluis's ratio and met / missed."""
     rows = []
     for t in TARGETS:
-        k = med.get("kluis", {}).get(t.key)
+        if t.tool not in med:
+            continue
+        k = med.get(t.tool, {}).get(t.key)
         r = med.get("restic", {}).get(t.key)
         ratio = t.ratio(k, r) if k is not None and r is not None else None
         rows.append(
@@ -195,8 +213,8 @@ def _fmt(v: float | None, digits: int = 1) -> str:
     return f"{v:,.{digits}f}"
 
 
-def _ratio_text(key: str, med: dict[str, dict[str, float]]) -> str:
-    k = med.get("kluis", {}).get(key)
+def _ratio_text(key: str, med: dict[str, dict[str, float]], tool: str = "kluis") -> str:
+    k = med.get(tool, {}).get(key)
     r = med.get("restic", {}).get(key)
     if k is None or r is None or r == 0:
         return "–"
@@ -265,7 +283,8 @@ def render(results: dict[str, Any], profile: dict[str, Any] | None, notes: str |
     for kind, title in (("tree", "File tree (corpus)"), ("disk", "Disk image")):
         figs = [f for f in FIGURES if f.kind == kind]
         runs_key = "tree_runs" if kind == "tree" else "disk_runs"
-        if not any(results[runs_key].get(t) for t in tools):
+        kind_tools = tools if kind == "tree" else results.get("disk_tools") or tools
+        if not any(results[runs_key].get(t) for t in kind_tools):
             continue
         add(f"### {title}")
         add("")
@@ -290,14 +309,14 @@ def render(results: dict[str, Any], profile: dict[str, Any] | None, notes: str |
             add("")
             add("| tool | median | runs | ÷ restic |")
             add("| --- | ---: | --- | ---: |")
-            for tool in tools:
+            for tool in kind_tools:
                 runs = results[runs_key].get(tool, [])
                 if not runs:
                     continue
                 vals = ", ".join(_fmt(f.get(r), f.digits) for r in runs)
                 add(
                     f"| {tool} | {_fmt(med[tool].get(f.key), f.digits)} | {vals} | "
-                    f"{_ratio_text(f.key, med) if tool == 'kluis' else ''} |"
+                    f"{_ratio_text(f.key, med, tool) if tool.startswith('kluis') else ''} |"
                 )
             add("")
     checks = [(tool, r["restore"]["check"]) for tool in tools for r in results["tree_runs"].get(tool, [])]
@@ -389,7 +408,7 @@ STEPS = [
 
 def render_background(results: dict[str, Any]) -> list[str]:
     """How busy the rest of the machine was while each step ran (max over runs, in cores)."""
-    tools = results["tools"]
+    tools = all_tools(results)
     cols = [
         (kind, step, title)
         for kind, step, title in STEPS

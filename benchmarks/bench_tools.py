@@ -42,6 +42,7 @@ def freeze_kluis(src: Path, dest_root: Path) -> tuple[Path, str]:
     """
     digest = _tree_digest(src / "kluis")
     dest = dest_root / f"kluis-{digest}"
+    about = dest / "DESCRIPTION.txt"
     if not (dest / "kluis").exists():
         tmp = dest_root / f"kluis-{digest}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -49,12 +50,17 @@ def freeze_kluis(src: Path, dest_root: Path) -> tuple[Path, str]:
         # Compile now, so the first measured command does not pay for it.
         compileall.compile_dir(tmp / "kluis", quiet=1)
         tmp.rename(dest)
-    commit = run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], check=False).strip()
-    dirty = run(
-        ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "src/kluis"], check=False
-    ).strip()
-    state = " plus uncommitted changes in src/kluis" if dirty else ""
-    return dest, f"kluis from git {commit}{state}; frozen copy {digest} (sha256 of the package files)"
+    if not about.exists():
+        commit = run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], check=False).strip()
+        dirty = run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "src/kluis"], check=False
+        ).strip()
+        state = " plus uncommitted changes in src/kluis" if dirty else ""
+        about.write_text(
+            f"kluis from git {commit}{state}; frozen copy {digest} (sha256 of the package files)"
+        )
+    # Passing an earlier frozen copy as the source (--kluis-src) reuses it with its description.
+    return dest, about.read_text().strip()
 
 
 BORG_COMPRESSION = "zstd,3"
@@ -204,6 +210,8 @@ class Kluis(Tool):
         report = json.loads(m.stdout)
         return Backup(m, str(report.get("point_id", "")), report)
 
+    # While `backup-disk` is missing but the engine exists, run.py adds the supplementary tool
+    # KluisDiskApi below (the engine through its Python API) to the disk-image phase.
     # <<< DISK-ENGINE HOOK ------------------------------------------------------------------------
 
     def restore(self, snapshot: str, target: Path) -> Measurement:
@@ -225,6 +233,31 @@ class Kluis(Tool):
         dirty = run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "src/kluis"], check=False)
         state = " plus uncommitted changes in src/kluis" if dirty.strip() else ""
         return f"kluis from git {commit.strip()}{state} (live tree, not frozen)"
+
+
+class KluisDiskApi(Kluis):
+    """Kluis's disk-image engine driven through its Python API (``kluis_disk_driver.py``).
+
+    Supplementary, disk-image phase only, for as long as ``kluis repo backup-disk`` does not
+    exist: the CLI has no way to reach the engine yet, the library does.
+    """
+
+    name = "kluis-disk-api"
+    DRIVER = Path(__file__).resolve().parent / "kluis_disk_driver.py"
+
+    @staticmethod
+    def api_available() -> bool:
+        """Whether the measured Kluis has the disk-image engine module."""
+        base = Kluis.source if Kluis.source is not None else REPO_ROOT / "src"
+        return (base / "kluis" / "engine" / "disk_backup.py").exists()
+
+    def backup_disk(self, image: Path, name: str) -> Backup:
+        """Back the image up through the disk engine (previous disk point passed on)."""
+        assert self.scratch is not None, "init first"
+        argv = [str(KLUIS.parent / "python"), str(self.DRIVER), str(image), *self._common()]
+        m = measure([*argv, "--scratch", str(self.scratch)], env=self.env())
+        report = json.loads(m.stdout)
+        return Backup(m, str(report.get("point_id", "")), report)
 
 
 class Restic(Tool):
@@ -305,3 +338,5 @@ class Borg(Tool):
 
 
 TOOLS: dict[str, type[Tool]] = {"kluis": Kluis, "restic": Restic, "borg": Borg}
+# Tools that only take part in the disk-image phase.
+DISK_ONLY: dict[str, type[Tool]] = {"kluis-disk-api": KluisDiskApi}

@@ -43,8 +43,9 @@ from bench_corpus import (  # noqa: E402
 from bench_disk import build_image, fresh_copy, rewrite_blocks  # noqa: E402
 from bench_measure import PRIORITY, QUIET_GATE, disk_usage, sync  # noqa: E402
 from bench_report import evaluate_targets, machine, medians, render  # noqa: E402
-from bench_tools import TOOLS, Kluis, Tool, freeze_kluis  # noqa: E402
+from bench_tools import DISK_ONLY, TOOLS, Kluis, KluisDiskApi, Tool, freeze_kluis  # noqa: E402
 
+ALL_TOOLS: dict[str, type[Tool]] = {**TOOLS, **DISK_ONLY}
 SOURCES = ["/usr/lib", "/usr/share"]
 PASSPHRASE = "kluis-benchmark-passphrase-not-secret"
 FULL_IMAGE = (4 * 2**30, 3_500_000_000)
@@ -179,7 +180,7 @@ def kluis_settings() -> dict[str, Any]:
     return out
 
 
-def notes(args: argparse.Namespace, disk_mode: str | None) -> list[str]:
+def notes(args: argparse.Namespace, disk_mode: str | None, tools: list[str]) -> list[str]:
     """The method notes printed under 'Method'."""
     n = [
         "Caches cannot be dropped on this machine, so every first backup starts from a warm page cache: "
@@ -215,7 +216,14 @@ def notes(args: argparse.Namespace, disk_mode: str | None) -> list[str]:
             "processes on the shared machine got mostly the CPU the tool left idle."
         )
     if disk_mode:
-        n.append(f"Disk image: Kluis {disk_mode}.")
+        n.append(f"Disk image: Kluis (row `kluis`) backed the image up {disk_mode}.")
+    if KluisDiskApi.name in tools:
+        n.append(
+            f"Disk image, row `{KluisDiskApi.name}` (supplementary): Kluis's disk-image engine "
+            "(`kluis.engine.disk_backup.DiskBackup`, default block size, previous disk point passed on) "
+            "driven through its Python API by `benchmarks/kluis_disk_driver.py`, because no CLI "
+            "command reaches it yet. Same repository format, KDF and threads as the CLI."
+        )
     if args.quick:
         n.append("QUICK MODE: a 500 MB subset and a small image; not the figures the issue asks for.")
     return n
@@ -240,6 +248,67 @@ def render_file(out: Path) -> None:
     (out / "RESULTS.md").write_text(text)
 
 
+def write_profile(corpus: CorpusInfo, data: Path, out: Path) -> None:
+    """Profile Kluis with py-spy into profile.json and re-render RESULTS.md."""
+    from bench_profile import profile_kluis
+
+    (out / "profile.json").write_text(json.dumps(profile_kluis(corpus, data, PASSPHRASE), indent=1) + "\n")
+    if (out / "results.json").exists():
+        render_file(out)
+
+
+def new_results(args: argparse.Namespace, corpus: CorpusInfo, tools: list[str]) -> dict[str, Any]:
+    """An empty results document for this invocation."""
+    meta: dict[str, Any] = {
+        "mode": "quick" if args.quick else "full",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "finished": None,
+        "runs": args.runs,
+        "machine": machine(),
+        "versions": {name: ALL_TOOLS[name].version() for name in tools},
+        "compression": {name: ALL_TOOLS[name].compression for name in tools},
+        "kluis_settings": kluis_settings() if "kluis" in tools else {},
+        "corpus": corpus.describe(),
+        "corpus_sources": SOURCES,
+        "kluis_disk_mode": None,
+        "notes": notes(args, None, tools),
+    }
+    for name in tools:
+        if name.startswith("kluis"):
+            level = meta["kluis_settings"].get("zstd_level", "?")
+            meta["compression"][name] = f"zstd level {level} (engine default; raw when incompressible)"
+    return {
+        "meta": meta,
+        "tools": [t for t in tools if t in TOOLS],
+        "disk_tools": [],
+        "tree_runs": {t: [] for t in tools if t in TOOLS},
+        "disk_runs": {},
+    }
+
+
+def merge_into(old: dict[str, Any], new: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """--merge: keep an earlier results.json and replace only what this invocation measures."""
+    merged = old
+    merged.setdefault("disk_tools", list(old.get("disk_runs", {})))
+    merged.setdefault("merges", []).append(
+        {
+            "time": new["meta"]["started"],
+            "tools": list(new["meta"]["versions"]),
+            "tree": not args.skip_tree,
+            "disk": not args.skip_disk,
+            "versions": new["meta"]["versions"],
+        }
+    )
+    for t in new["tools"]:
+        if t not in merged["tools"]:
+            merged["tools"].append(t)
+        merged["tree_runs"].setdefault(t, [])
+    merged["meta"]["versions"].update(new["meta"]["versions"])
+    merged["meta"]["compression"].update(new["meta"]["compression"])
+    merged["meta"]["finished"] = None
+    return merged
+
+
 def main() -> int:
     """Entry point."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -256,6 +325,16 @@ def main() -> int:
     p.add_argument("--profile", action="store_true", help="after the runs, profile Kluis with py-spy")
     p.add_argument("--profile-only", action="store_true", help="only profile Kluis with py-spy")
     p.add_argument("--render", action="store_true", help="only re-render RESULTS.md from results.json")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the existing results.json and replace only the tools and phases run now",
+    )
+    p.add_argument(
+        "--no-disk-api",
+        action="store_true",
+        help="do not add the supplementary kluis-disk-api row while `kluis repo backup-disk` is missing",
+    )
     p.add_argument(
         "--quiet-wait",
         type=float,
@@ -292,59 +371,34 @@ def main() -> int:
         )
         return 2
     tools = [t.strip() for t in args.only.split(",") if t.strip()]
-    unknown = set(tools) - set(TOOLS)
+    unknown = set(tools) - set(ALL_TOOLS)
     if unknown:
         p.error(f"unknown tools: {', '.join(sorted(unknown))}")
     for name in tools:
-        if name != "kluis" and not shutil.which(name):
+        if name in ("restic", "borg") and not shutil.which(name):
             p.error(f"{name} is not installed (make bench installs it)")
 
     data: Path = args.data
     (data / "repos").mkdir(parents=True, exist_ok=True)
-    if "kluis" in tools or args.profile_only:
+    if any(t.startswith("kluis") for t in tools) or args.profile_only:
         Kluis.source, Kluis.described = freeze_kluis(args.kluis_src, data / "frozen")
         log(f"measuring {Kluis.described}")
     full = prepare_full(data / "corpus", SOURCES, refresh=args.refresh_corpus)
     corpus = prepare_subset(full, data / "corpus-quick", QUICK_BYTES) if args.quick else full
 
     if args.profile_only:
-        from bench_profile import profile_kluis
-
-        (out / "profile.json").write_text(
-            json.dumps(profile_kluis(corpus, data, PASSPHRASE), indent=1) + "\n"
-        )
-        if (out / "results.json").exists():
-            render_file(out)
+        write_profile(corpus, data, out)
         return 0
 
-    disk_mode: str | None = None
-    results: dict[str, Any] = {
-        "meta": {
-            "mode": "quick" if args.quick else "full",
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "finished": None,
-            "runs": args.runs,
-            "machine": machine(),
-            "versions": {name: TOOLS[name].version() for name in tools},
-            "compression": {name: TOOLS[name].compression for name in tools},
-            "kluis_settings": kluis_settings() if "kluis" in tools else {},
-            "corpus": corpus.describe(),
-            "corpus_sources": SOURCES,
-            "kluis_disk_mode": disk_mode,
-            "notes": notes(args, disk_mode),
-        },
-        "tools": tools,
-        "tree_runs": {t: [] for t in tools},
-        "disk_runs": {t: [] for t in tools},
-    }
-    if "kluis" in tools:
-        level = results["meta"]["kluis_settings"].get("zstd_level")
-        results["meta"]["compression"]["kluis"] = (
-            f"zstd level {level} (engine default; raw when incompressible)"
-        )
+    tree_tools = [t for t in tools if t in TOOLS]
+    disk_tools = list(tools)
+    results = new_results(args, corpus, tools)
+    old_path = out / "results.json"
+    if args.merge and old_path.exists():
+        results = merge_into(json.loads(old_path.read_text()), results, args)
 
     def one(name: str, i: int, kind: str) -> None:
-        tool = TOOLS[name](data / "repos" / f"{name}-{kind}-{i}", PASSPHRASE)
+        tool = ALL_TOOLS[name](data / "repos" / f"{name}-{kind}-{i}", PASSPHRASE)
         try:
             if kind == "tree":
                 results["tree_runs"][name].append(tree_run(tool, corpus, i))
@@ -359,8 +413,10 @@ def main() -> int:
 
     log(f"corpus {corpus.root}: {corpus.count} files, {corpus.bytes / 1e9:.2f} GB; tools {', '.join(tools)}")
     if not args.skip_tree:
+        for name in tree_tools:
+            results["tree_runs"][name] = []
         for i in range(1, args.runs + 1):
-            for name in tools:
+            for name in tree_tools:
                 log(f"file tree, run {i}/{args.runs}: {name}")
                 one(name, i, "tree")
     if not args.skip_disk:
@@ -369,37 +425,43 @@ def main() -> int:
         pristine = data / "image" / ("pristine-quick.img" if args.quick else "pristine.img")
         work = data / "image" / "work.img"
         log(f"disk image {pristine} ({size / 2**30:.1f} GiB, fill {fill / 1e9:.2f} GB): preparing")
-        info = build_image(pristine, full, size=size, fill=fill)
-        results["meta"]["disk_image"] = info
-        if "kluis" in tools:
+        results["meta"]["disk_image"] = build_image(pristine, full, size=size, fill=fill)
+        if "kluis" in disk_tools:
             # Decided once, when the disk phase starts (the disk engine is being written meanwhile),
             # so every run of this phase takes the same path.
             use_disk = Kluis.disk_engine_available()
             os.environ.setdefault("KLUIS_BENCH_DISK_MODE", "disk" if use_disk else "file")
-            disk_mode = (
+            wanted = not use_disk and KluisDiskApi.api_available() and not args.no_disk_api
+            if wanted and KluisDiskApi.name not in disk_tools:
+                disk_tools.insert(disk_tools.index("kluis") + 1, KluisDiskApi.name)
+            results["meta"]["kluis_disk_mode"] = (
                 "through its disk-image engine (`kluis repo backup-disk`)"
                 if use_disk
                 else "AS A SINGLE PLAIN FILE through the file-tree engine (the disk-image command "
                 "`kluis repo backup-disk` did not exist yet when this phase started)"
             )
-            results["meta"]["kluis_disk_mode"] = disk_mode
-            results["meta"]["notes"] = notes(args, disk_mode)
+        fresh = notes(args, results["meta"].get("kluis_disk_mode"), disk_tools)
+        if args.merge:  # keep the earlier run's notes, add what is new
+            fresh = results["meta"]["notes"] + [n for n in fresh if n not in results["meta"]["notes"]]
+        results["meta"]["notes"] = fresh
+        for name in disk_tools:
+            results["disk_runs"][name] = []
+            results["meta"]["versions"].setdefault(name, ALL_TOOLS[name].version())
+            results["meta"]["compression"].setdefault(name, results["meta"]["compression"].get("kluis", ""))
+        results["disk_tools"] = sorted(
+            set(results.get("disk_tools", [])) | set(disk_tools), key=lambda t: list(ALL_TOOLS).index(t)
+        )
         for i in range(1, args.runs + 1):
-            for name in tools:
+            for name in disk_tools:
                 log(f"disk image, run {i}/{args.runs}: {name}")
                 one(name, i, "disk")
-        if results["disk_runs"].get(tools[0]):
-            results["meta"]["disk_image"]["rewrite"] = results["disk_runs"][tools[0]][0]["rewrite"]
+        if results["disk_runs"].get(disk_tools[0]):
+            results["meta"]["disk_image"]["rewrite"] = results["disk_runs"][disk_tools[0]][0]["rewrite"]
     results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     results["meta"]["repos_left_bytes"] = disk_usage(data / "repos")
     write_outputs(results, out)
     if args.profile and "kluis" in tools:
-        from bench_profile import profile_kluis
-
-        (out / "profile.json").write_text(
-            json.dumps(profile_kluis(corpus, data, PASSPHRASE), indent=1) + "\n"
-        )
-        render_file(out)
+        write_profile(corpus, data, out)
     log(f"done: {out / 'RESULTS.md'}")
     return 1 if results.get("failures") else 0
 
