@@ -46,12 +46,14 @@ def create_app(config: VaultConfig, *, ctx: VaultContext | None = None) -> FastA
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         context.notifier.bind(asyncio.get_running_loop())
+        watcher = asyncio.create_task(machines.watch_database(context))
         if config.scheduler_enabled:
             scheduler.start()
         log.info("vault %s (%s) serving as %s", config.vault_name, config.vault_id, context.holder)
         try:
             yield
         finally:
+            watcher.cancel()
             await asyncio.to_thread(scheduler.stop)
             context.close()
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -326,19 +326,32 @@ def cancel(session: Session, job_id: str) -> Job:
 # -- the agent's side ---------------------------------------------------------------------
 
 
+def _waiting_work(now: dt.datetime) -> ColumnElement[bool]:
+    """The jobs a claim would hand out or ask to cancel (for any machine)."""
+    return Job.type.in_(AGENT_TYPES) & (
+        ((Job.status == "InProgress") & Job.dispatched_at.is_(None) & (Job.not_before <= now))
+        | ((Job.status == "Cancelling") & Job.dispatched_at.is_not(None))
+    )
+
+
 def has_work(session: Session, machine_id: str, now: dt.datetime) -> bool:
     """Cheap check whether a claim would return anything."""
-    found = session.scalar(
-        select(Job.id)
-        .where(
-            Job.machine_id == machine_id,
-            Job.type.in_(AGENT_TYPES),
-            ((Job.status == "InProgress") & Job.dispatched_at.is_(None) & (Job.not_before <= now))
-            | ((Job.status == "Cancelling") & Job.dispatched_at.is_not(None)),
-        )
-        .limit(1)
-    )
+    found = session.scalar(select(Job.id).where(Job.machine_id == machine_id, _waiting_work(now)).limit(1))
     return found is not None
+
+
+def machines_with_work(session: Session, machine_ids: list[str], now: dt.datetime) -> set[str]:
+    """Which of these machines have work waiting: one query for all of a process's waiting polls."""
+    found: set[str] = set()
+    for start in range(0, len(machine_ids), 500):
+        chunk = machine_ids[start : start + 500]
+        found.update(
+            str(m)
+            for m in session.scalars(
+                select(Job.machine_id).where(Job.machine_id.in_(chunk), _waiting_work(now)).distinct()
+            )
+        )
+    return found
 
 
 def _descriptor(session: Session, job: Job) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Wake long-polling agents in this process when work is queued for their machine.
 
-Work queued by another vault process is found by the poll's periodic database
-check instead; this only makes the common case (same process) immediate.
+Work queued by another vault process is found by a periodic database check
+instead (``kluis.vault.api.machines.watch_database``: one query for all waiting
+polls); this only makes the common case (same process) immediate.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class WorkNotifier:
                 waiting.discard(event)
                 if not waiting:
                     del self._events[machine_id]
+
+    def waiting(self) -> list[str]:
+        """The machines that have a poll waiting in this process."""
+        with self._lock:
+            return list(self._events)
 
     def notify(self, machine_id: str | None) -> None:
         """Wake every poll waiting for ``machine_id`` (from any thread)."""

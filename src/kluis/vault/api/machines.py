@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -20,8 +21,10 @@ from kluis.vault.db.types import utcnow
 
 router = APIRouter(prefix="/machines", tags=["machines"])
 MAX_WAIT = 60
-# How often a waiting poll looks at the database for work queued by other vault processes.
+# How often the database is checked for work queued by other vault processes (one query for
+# all polls waiting in this process; see watch_database).
 DB_POLL_SECONDS = 2.0
+log = logging.getLogger("kluis.vault")
 
 
 class KeySetIn(BaseModel):
@@ -213,8 +216,35 @@ async def work(
             if remaining <= 0:
                 return {"jobs": [], "cancel": []}
             try:
-                await asyncio.wait_for(event.wait(), timeout=min(remaining, DB_POLL_SECONDS))
+                # Woken by this process's notifier, or by watch_database for other processes' work.
+                await asyncio.wait_for(event.wait(), timeout=remaining)
             except TimeoutError:
                 pass
     finally:
         ctx.notifier.unsubscribe(machine_id, event)
+
+
+def _machines_with_work(ctx: VaultContext, machine_ids: list[str]) -> set[str]:
+    with ctx.db.read() as s:
+        return jobs.machines_with_work(s, machine_ids, utcnow())
+
+
+async def watch_database(ctx: VaultContext) -> None:
+    """Wake the waiting polls whose machine got work from another vault process.
+
+    Runs for the life of the process. One query every DB_POLL_SECONDS for all waiting
+    polls together: a check per poll (1,000 agents: 500 transactions a second) took the
+    whole process and made heartbeats wait seconds (benchmarks/RESULTS-vault.md).
+    """
+    while True:
+        await asyncio.sleep(DB_POLL_SECONDS)
+        waiting = ctx.notifier.waiting()
+        if not waiting:
+            continue
+        try:
+            found = await run_in_threadpool(_machines_with_work, ctx, waiting)
+        except Exception:
+            log.exception("looking for work queued by other vault processes failed")
+            continue
+        for machine_id in found:
+            ctx.notifier.notify(machine_id)
