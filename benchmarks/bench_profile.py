@@ -1,14 +1,16 @@
-"""Profiling Kluis's first backup and no-change re-backup with py-spy, and summarising where time goes.
+"""Profiling Kluis's first backup, no-change re-backup and restore with py-spy; where the time goes.
 
-Each phase is recorded twice on a fresh repository: once with every non-idle
-sample (what all threads spend their time on) and once with ``--gil`` (only
-samples where a thread holds the GIL). The ``--gil`` sample count over wall
-time tells how close the Python side is to one saturated interpreter.
+Each phase is recorded three times on a fresh repository: with every non-idle
+sample (what all threads spend their time on), with ``--gil`` (only samples
+where a thread holds the GIL: their count over wall time tells how close the
+Python side is to one saturated interpreter) and with ``--idle`` (blocked
+threads too, by source line: where threads wait).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -97,7 +99,7 @@ def _record(out: Path, argv: list[str], env: dict[str, str], mode: str) -> tuple
 
 
 def profile_kluis(corpus: CorpusInfo, data: Path, passphrase: str) -> dict[str, Any]:
-    """Record both phases three times (active samples, GIL-only, idle included) and summarise them."""
+    """Record each phase three times (active samples, GIL-only, idle included) and summarise them."""
     phases: dict[str, dict[str, Any]] = {}
     files: list[str] = []
     for mode in MODES:
@@ -107,13 +109,22 @@ def profile_kluis(corpus: CorpusInfo, data: Path, passphrase: str) -> dict[str, 
             tool.init()
             env = tool.env()
             assert tool.scratch is not None
-            argv = [str(KLUIS), "repo", "backup", str(corpus.root), *tool._common()]
-            argv += ["--scratch", str(tool.scratch), "--json"]
-            for key, title in (("first", "First backup"), ("nochange", "No-change re-backup")):
+            backup = [str(KLUIS), "repo", "backup", str(corpus.root), *tool._common()]
+            backup += ["--scratch", str(tool.scratch), "--json"]
+            target = tool.run_dir / "restore"
+            restore = [str(KLUIS), "repo", "restore", "latest", *tool._common(), "--target", str(target)]
+            steps = (
+                ("first", "First backup", backup),
+                ("nochange", "No-change re-backup", backup),
+                ("restore", "Full restore", [*restore, "--json"]),
+            )
+            for key, title, argv in steps:
                 warm_up([corpus.root])
                 sync()
                 out = data / f"profile-{key}-{mode}.speedscope.json"
                 seconds, report = _record(out, argv, env, mode)
+                if key == "restore":
+                    shutil.rmtree(target)
                 files.append(str(out))
                 summary = summarise(out, seconds, by_line=mode == "idle")
                 phase = phases.setdefault(key, {"title": title})
@@ -140,5 +151,5 @@ def profile_kluis(corpus: CorpusInfo, data: Path, passphrase: str) -> dict[str, 
         "kluis": version(),
         "corpus": str(corpus.root),
         "files": files,
-        "phases": [phases["first"], phases["nochange"]],
+        "phases": [phases["first"], phases["nochange"], phases["restore"]],
     }

@@ -264,6 +264,12 @@ def render(results: dict[str, Any], profile: dict[str, Any] | None, notes: str |
     )
     for n in meta["notes"]:
         add(f"- {n}")
+    for mg in results.get("merges", []):
+        phases = " and ".join(p for p, on in (("file-tree", mg["tree"]), ("disk-image", mg["disk"])) if on)
+        add(
+            f"- Added later by a second invocation (`--merge`, {mg['time']}): {', '.join(mg['tools'])}, "
+            f"{phases} phase, same harness and settings ({'; '.join(sorted(set(mg['versions'].values())))})."
+        )
     add("")
     add("## Targets (issue 2), Kluis ÷ restic, medians")
     add("")

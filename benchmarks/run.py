@@ -189,8 +189,9 @@ def notes(args: argparse.Namespace, disk_mode: str | None, tools: list[str]) -> 
         "`sync` runs before every timed step (not timed), so one step's write-back does not land in the "
         "next one. Restore times are the tools' own; the `sync` after each restore is recorded separately "
         "in results.json (`restore.sync_after_seconds`).",
-        "Times are wall-clock of the tool's process; peak RSS and CPU time come from `wait4()` "
-        "on that process.",
+        "Times are wall-clock of the tool's process; CPU time comes from `wait4()` on it, peak RSS "
+        "from GNU time (`/usr/bin/time -f %M`), which starts the tool itself: Linux keeps a process's "
+        "RSS high-water mark across fork and exec, so the harness's own RSS would otherwise leak in.",
         "Repository size and growth are `du -sB1` of the repository directory (caches, Kluis's scratch "
         "folder and borg's files cache are outside it).",
         "Append step: 13 bytes appended to every 100th regular file (sorted by path, one change per inode), "

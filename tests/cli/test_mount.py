@@ -201,7 +201,7 @@ def test_mount_failures_are_coded(fx: Fixture, mountpoint: Path) -> None:
         "--json", env=fx.env,
     )  # fmt: skip
     assert disk.rc == 9 and disk.error["code"] == "RecoveryMountFailed"
-    assert "only files points" in disk.error["message"] and str(mountpoint) in disk.error["message"]
+    assert "no file system" in disk.error["message"] and str(mountpoint) in disk.error["message"]
     nothing = kluis("unmount", str(mountpoint), env=fx.env)
     assert nothing.rc == 9 and "nothing is mounted" in nothing.stderr
     assert not os.path.ismount(mountpoint)
