@@ -76,6 +76,9 @@ MATRIX: dict[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/api/v1/points/{point_id}"): ("Reader", None),
     ("GET", "/api/v1/alerts"): ("Reader", None),
     ("POST", "/api/v1/alerts/{alert_id}/resolve"): ("Operator", None),
+    # Agents fetch the snapshot extension; any valid token may (the package holds no secrets).
+    ("GET", "/api/v1/extensions/{name}"): ("any", None),
+    ("GET", "/api/v1/extensions/{name}/package"): ("any", None),
 }
 
 
