@@ -352,7 +352,7 @@ def render_profile(profile: dict[str, Any]) -> list[str]:
     lines = ["## Profile of Kluis (py-spy)", ""]
     add = lines.append
     add(
-        f"Recorded {profile['recorded']} at {profile['rate']} samples/s with py-spy {profile['py_spy']}, "
+        f"Recorded {profile['recorded']} at {profile['rate']} samples/s with {profile['py_spy']}, "
         f"Kluis {profile['kluis']}, on `{profile['corpus']}`. Speedscope files: "
         + ", ".join(f"`{p}`" for p in profile["files"])
         + "."

@@ -43,6 +43,11 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def nice_prefix(nice: int) -> list[str]:
+    """``nice -n N`` (it execs the program, so the pid stays the program's), or nothing for 0."""
+    return ["nice", "-n", str(nice)] if nice else []
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -343,8 +348,8 @@ class VaultServer:
             _set(doc, dotted, value)
         path.write_text(tomli_w.dumps(doc))
 
-    def start(self, log_level: str = "info") -> None:
-        """Start serving; returns once the health endpoint answers."""
+    def start(self, log_level: str = "info", nice: int = 0) -> None:
+        """Start serving (under ``nice -n NICE`` when set); returns once the health endpoint answers."""
         import httpx
 
         self._log_file = self.log_path.open("ab")
@@ -355,7 +360,7 @@ class VaultServer:
             # e.g. "import kluis.vault.api.machines as m; m.DB_POLL_SECONDS = 30".
             argv = [str(PYTHON), "-c", f"{prelude}\nfrom kluis.cli.main import app\napp()"]
         self.proc = subprocess.Popen(
-            [*argv, "vault", "serve", "--data", str(self.data), "--log-level", log_level],
+            [*nice_prefix(nice), *argv, "vault", "serve", "--data", str(self.data), "--log-level", log_level],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
         )
