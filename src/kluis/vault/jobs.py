@@ -74,20 +74,38 @@ def job_dict(job: Job) -> dict[str, Any]:
 
 
 def catalog_dict(
-    code: str, params: dict[str, Any] | None = None, message: str | None = None
+    code: str,
+    params: dict[str, Any] | None = None,
+    message: str | None = None,
+    detail: str | None = None,
 ) -> dict[str, Any]:
-    """An error or warning as the catalog states it, with its parameters.
+    """An error or warning as the catalog states it, with its parameters and detail.
 
-    A code this vault does not know (a newer agent) keeps the agent's own message.
+    ``detail`` is the specific fact the reporter added (a path, the numbers that did not
+    fit); the catalog's message shows it in brackets. A code this vault does not know (a
+    newer agent) keeps the agent's own message.
     """
     params = {str(k): v for k, v in (params or {}).items()}
+    detail = str(detail)[:2000] if detail else None
     try:
         lookup(code)
     except LookupError:
-        return {"code": code, "severity": "error", "message": message or code, "causes": [], "actions": []}
-    out = KluisError(code, **params).to_dict()
+        return {
+            "code": code,
+            "severity": "error",
+            "message": message or code,
+            "causes": [],
+            "actions": [],
+            "detail": detail,
+        }
+    out = KluisError(code, detail=detail, **params).to_dict()
     out["params"] = params
     return out
+
+
+def error_dict(error: KluisError) -> dict[str, Any]:
+    """A KluisError as a job record keeps it (code, parameters, detail)."""
+    return catalog_dict(error.code, error.params, detail=error.detail)
 
 
 def get_job(session: Session, job_id: str) -> Job:
@@ -181,20 +199,34 @@ def start_backup(
     return job
 
 
-def record_failed_start(session: Session, item: ProtectedItem, error: KluisError, *, trigger: str) -> Job:
-    """A backup that could not start, kept in the job history (as the seeds' job list shows it)."""
+def record_failed_start(
+    session: Session,
+    item: ProtectedItem,
+    error: KluisError,
+    *,
+    trigger: str,
+    created_by: str | None = None,
+) -> Job:
+    """A backup that could not start, kept in the job history (as the seeds' job list shows it).
+
+    Alerts follow the usual rules: none when another job of the item was in progress.
+    """
     now = utcnow()
+    if created_by is None:
+        created_by = "scheduler" if trigger == "Scheduled" else ""
     job = Job(
         type="Backup",
         status="Failed",
         trigger=trigger,
         item_id=item.id,
         machine_id=item.machine_id,
-        created_by="scheduler" if trigger == "Scheduled" else "",
+        created_by=created_by,
         created_at=now,
         updated_at=now,
         ended_at=now,
-        error=catalog_dict(error.code, error.params),
+        params={},
+        progress={},
+        error=error_dict(error),
     )
     session.add(job)
     session.flush()
@@ -462,8 +494,13 @@ def report_result(
     job.ended_at = now
     job.updated_at = now
     if error:
-        job.error = catalog_dict(str(error.get("code", "")), error.get("params"), error.get("message"))
-    job.warnings = [catalog_dict(str(w.get("code", "")), w.get("params"), w.get("message")) for w in warnings]
+        job.error = catalog_dict(
+            str(error.get("code", "")), error.get("params"), error.get("message"), error.get("detail")
+        )
+    job.warnings = [
+        catalog_dict(str(w.get("code", "")), w.get("params"), w.get("message"), w.get("detail"))
+        for w in warnings
+    ]
     job.result = {**(job.result or {}), "stats": stats}
     if status in ("Completed", "CompletedWithWarnings"):
         job.progress = {**(job.progress or {}), "percent": 100.0}
@@ -485,7 +522,7 @@ def fail(session: Session, job: Job, error: KluisError) -> None:
             "JobCancelFailed", {"job": job.id, "reason": "the agent did not confirm"}
         )
     job.status = "Failed"
-    job.error = catalog_dict(error.code, error.params)
+    job.error = error_dict(error)
     job.ended_at = now
     job.updated_at = now
     if job.type == "Backup" and job.item_id:
