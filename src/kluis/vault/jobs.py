@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from kluis.catalog import KluisError, lookup
 from kluis.vault import alerts
 from kluis.vault.config import VaultConfig
-from kluis.vault.db.models import ACTIVE_JOB_STATUSES, Job, Machine, ProtectedItem, RecoveryPoint
+from kluis.vault.db.models import ACTIVE_JOB_STATUSES, Job, Machine, Policy, ProtectedItem, RecoveryPoint
 from kluis.vault.db.types import utcnow
 
 AGENT_TYPES = ("Backup", "Restore")
@@ -388,11 +388,16 @@ def machines_with_work(session: Session, machine_ids: list[str], now: dt.datetim
 
 def _descriptor(session: Session, job: Job) -> dict[str, Any]:
     item = session.get(ProtectedItem, job.item_id) if job.item_id else None
+    params = dict(job.params or {})
+    policy = session.get(Policy, item.policy_id) if item is not None and item.policy_id else None
+    if job.type == "Backup" and policy is not None and item is not None and item.kind == "disks":
+        # The agent keeps its local snapshots (instant recovery points) this many days.
+        params.setdefault("instant_days", policy.instant_rp_days)
     out: dict[str, Any] = {
         "id": job.id,
         "type": job.type,
         "trigger": job.trigger,
-        "params": job.params or {},
+        "params": params,
         "retain_until": _iso(job.retain_until),
         "repository": {"machine_id": (job.params or {}).get("source_machine_id", job.machine_id)},
     }
