@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -102,3 +103,42 @@ def test_vanished_disk_image_is_coded(site: Site) -> None:
     site.vault.ok("POST", f"/api/v1/items/{made.json['id']}/stop", json={"delete_data": False})
     refused = site.vault.request("POST", f"/api/v1/items/{made.json['id']}/backup", None, json={})
     assert refused.status_code >= 400 and "UserErrorBcmDatasourceNotPresent" in refused.text, refused.text
+
+
+def _kept_days(site: Site, item_id: str, point_id: str) -> float:
+    """How long the agent keeps the instant point of ``point_id`` (days, from collection.json)."""
+    data = json.loads((site.agent.scratch / "instant-points" / item_id / "collection.json").read_text())
+    points = data["points"] if isinstance(data, dict) else data
+    kept = [p for p in points if p.get("recovery_point") == point_id]
+    assert len(kept) == 1, points
+    return (kept[0]["expires"] - kept[0]["created"]) / 86400
+
+
+def test_policy_instant_days_reach_the_agent(site: Site) -> None:
+    """The policy's instant-restore days travel in the job and decide how long the snapshot stays."""
+    site.vault.ok(
+        "POST",
+        "/api/v1/policies",
+        json={
+            "name": "keep4",
+            "schedule": {"kind": "daily", "timezone": "UTC", "times": ["04:00"]},
+            "retention": {"daily": 30, "instant_days": 4},
+        },
+    )
+    made = site.cli(
+        "protect", "disks", str(site.guest.image), "--policy", "keep4", "--name", "vm-days", "--json"
+    )
+    assert made.rc == 0, made.stdout + made.stderr
+    item_id = made.json["id"]
+    first = site.backup(item_id)
+    assert first["status"] == "Completed", first
+    assert first["result"]["stats"]["instant_days"] == 4
+    assert _kept_days(site, item_id, first["result"]["point_id"]) == 4
+
+    # A changed policy applies to the next backup.
+    site.vault.ok("PUT", "/api/v1/policies/keep4", json={"retention": {"daily": 30, "instant_days": 1}})
+    second = site.backup(item_id)
+    assert second["status"] == "Completed", second
+    assert second["result"]["stats"]["instant_days"] == 1
+    assert _kept_days(site, item_id, second["result"]["point_id"]) == 1
+    assert _kept_days(site, item_id, first["result"]["point_id"]) == 4

@@ -159,13 +159,19 @@ def quiesce_config(ext: Any, cfg_path: Path | None) -> Any:
 
 
 def instant_days(job: Job) -> int:
-    """The policy's instant recovery point retention (days), as the job tells it."""
-    for source in (job.params, job.item, job.item.get("policy") or {}):
-        for key in ("instant_days", "instant_rp_days"):
-            value = source.get(key) if isinstance(source, dict) else None
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-    return DEFAULT_INSTANT_DAYS
+    """The policy's instant recovery point retention (days): the job's ``instant_days`` param.
+
+    The vault puts the item's policy value in every disk backup's params. Only a job from
+    a vault that predates that (no param) falls back to the default; a value outside 1-5
+    is refused by the collection (ValidationFailed) rather than silently replaced.
+    """
+    value = (job.params or {}).get("instant_days")
+    if value is None:
+        log.warning("job %s has no instant_days; keeping its snapshot %d days", job.id, DEFAULT_INSTANT_DAYS)
+        return DEFAULT_INSTANT_DAYS
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise KluisError("ValidationFailed", reason=f"instant_days must be a whole number, not {value!r}")
+    return value
 
 
 # -- the job --------------------------------------------------------------------------------
@@ -205,6 +211,7 @@ def run_disk_backup(job: Job) -> Outcome:
     collection = ext.RestorePointCollection(item_id, instant_root(cfg.scratch), machine=machine.name)
     base = collection.latest()
     job.reporter.note("quiescing and taking the snapshot")
+    keep_days = instant_days(job)
     started = time.monotonic()
     try:
         result = ext.take_snapshot(
@@ -212,7 +219,7 @@ def run_disk_backup(job: Job) -> Outcome:
             item=item_id,
             quiesce=quiesce_config(ext, cfg.path),
             collection=collection,
-            retention_days=instant_days(job),
+            retention_days=keep_days,
         )
     except KluisError:
         raise
@@ -310,6 +317,7 @@ def run_disk_backup(job: Job) -> Outcome:
         changed_extents_used=use_extents,
         previous_point=previous,
         instant_points=len(collection.points()),
+        instant_days=keep_days,
         instant_cleaned_up=list(result.cleaned_up),
         adopted_blobs=adopted,
         network_retries=store.retries if store is not None else 0,
