@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from tests.agent.helpers import (
     OTHER_PASSPHRASE,
@@ -401,3 +402,22 @@ def test_config_set_and_show(creds: Path, tmp_path: Path) -> None:
     # The KEK file moved with the folder, so the agent still unlocks its keys.
     assert (moved_to / "kluis.kek").is_file() and not (a.scratch / "kluis.kek").exists()
     assert a.cli("status", "--json").json["kek_file_present"] is True
+
+
+def test_config_set_keeps_sections_it_does_not_model(creds: Path, tmp_path: Path) -> None:
+    a = agent(tmp_path, "cfg-2")
+    assert a.register(creds).rc == 0
+    path = a.config_dir / "agent.toml"
+    # An admin's own additions: the extensions switch with an extra key, and a section of its own.
+    doc = tomllib.loads(path.read_text())
+    doc["extensions"] = {"enable": False, "note": "kept"}
+    doc["site"] = {"rack": "B4"}
+    path.write_text(tomli_w.dumps(doc))
+    assert a.cli("config", "set", "poll_wait", "12").rc == 0
+    shown = a.cli("config", "show", "--json").json
+    assert shown["extensions"] == {"enable": False, "note": "kept"}
+    assert shown["site"] == {"rack": "B4"} and shown["agent"]["poll_wait"] == 12
+    assert a.cli("config", "set", "extensions", "on").rc == 0
+    assert a.cli("config", "show", "--json").json["extensions"] == {"enable": True, "note": "kept"}
+    bad = a.cli("config", "set", "extensions", "maybe")
+    assert bad.rc == 2 and "extensions" in bad.stdout + bad.stderr

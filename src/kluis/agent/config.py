@@ -131,6 +131,11 @@ class AgentConfig:
     heartbeat_interval: float | None = None
     poll_wait: float = 30.0
     bandwidth: Bandwidth = field(default_factory=Bandwidth)
+    # ``[extensions] enable``: whether snapshot extensions may run (read by the disk runner
+    # and by doctor straight from the file as well).
+    extensions_enabled: bool = True
+    # Sections this class does not model, kept verbatim so saving never drops an admin's settings.
+    other_sections: dict[str, Any] = field(default_factory=dict, compare=False)
     path: Path | None = field(default=None, compare=False)
 
     # -- derived paths ---------------------------------------------------------------------
@@ -171,7 +176,9 @@ class AgentConfig:
             agent["proxy"] = self.proxy
         if self.heartbeat_interval is not None:
             agent["heartbeat_interval"] = self.heartbeat_interval
-        return {
+        doc: dict[str, Any] = dict(self.other_sections)
+        doc["extensions"] = {**doc.get("extensions", {}), "enable": self.extensions_enabled}
+        return doc | {
             "vault": vault,
             "machine": {
                 "id": self.machine_id,
@@ -259,6 +266,8 @@ class AgentConfig:
             heartbeat_interval=float(hb) if hb is not None else None,
             poll_wait=float(get("agent", "poll_wait", (int, float), 30.0)),
             bandwidth=bw,
+            extensions_enabled=get("extensions", "enable", bool, True),
+            other_sections={k: v for k, v in doc.items() if k not in _MODELLED_SECTIONS},
             path=path,
         )
         if cfg.max_jobs < 1:
@@ -274,6 +283,9 @@ class AgentConfig:
         new = dataclasses.replace(self, **changes)
         new.path = self.path
         return new
+
+
+_MODELLED_SECTIONS = frozenset({"vault", "machine", "agent", "bandwidth"})
 
 
 def _invalid(where: str, reason: str) -> KluisError:

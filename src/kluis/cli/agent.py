@@ -377,6 +377,7 @@ _SETTABLE = (
     "work_days",
     "work_start",
     "work_end",
+    "extensions",
 )
 
 
@@ -409,6 +410,8 @@ def config_set(
                 cfg = cfg.replace(heartbeat_interval=float(value) if value else None)
             elif key == "poll_wait":
                 cfg = cfg.replace(poll_wait=float(value))
+            elif key == "extensions":
+                cfg = cfg.replace(extensions_enabled=_parse_bool(value))
             else:
                 bw = cfg.bandwidth
                 if key == "work_hours_limit":
@@ -431,6 +434,16 @@ def config_set(
         out.print(f"{key} set; restart the agent to apply it (systemctl restart kluis-agent).")
 
     run_command(body)
+
+
+def _parse_bool(value: str) -> bool:
+    """``true``/``false`` (also on/off, yes/no, 1/0) for switches such as ``extensions``."""
+    word = value.strip().lower()
+    if word in ("true", "on", "yes", "1"):
+        return True
+    if word in ("false", "off", "no", "0"):
+        return False
+    raise ValueError(f"{value!r} is not true or false")
 
 
 def _move_scratch(cfg: Any, new: Path) -> Any:
