@@ -397,6 +397,8 @@ def test_kek_file_deleted(fleet: Fleet, workdir: Path) -> None:
     done = vault.wait_job(vault.backup(fleet.docs["id"])["id"])
     assert done["status"] == "Failed" and done["error"]["code"] == "34506", done
     assert str(kek) in done["error"]["message"]
+    # The agent's specifics travel with the job record, not only inside its own message.
+    assert done["error"]["detail"] == "the KEK file is missing", done["error"]
     # The fix the catalog gives: recreate it from the passphrase.
     pfile = workdir / "a-pass-2"
     pfile.write_text(PASSPHRASE)

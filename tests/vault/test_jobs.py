@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -88,6 +92,89 @@ def test_concurrent_backup_requests_start_one(vault: VaultServer, setup: dict[st
     assert sorted(codes) == [202, 409, 409, 409, 409, 409]
     running = vault.ok("GET", "/api/v1/jobs", params={"item_id": item_id, "status": "InProgress"})
     assert len(running) == 1
+
+
+def _login(vault: VaultServer) -> list[str]:
+    return ["--vault", vault.url, "--token", vault.admin_token]
+
+
+def _cli(vault: VaultServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """``kluis`` as a user runs it against this vault (admin token, English, wide tables)."""
+    env = {**os.environ, "KLUIS_LANG": "en", "COLUMNS": "250"}
+    return subprocess.run(
+        [sys.executable, "-c", "from kluis.cli.main import app; app()", *args, *_login(vault)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+def test_duplicate_trigger_is_a_failed_job_without_an_alert(
+    vault: VaultServer, setup: dict[str, Any]
+) -> None:
+    item_id = _item(vault, setup)
+    alerts_before = {a["id"] for a in vault.ok("GET", "/api/v1/alerts")}
+    first = _backup(vault, item_id)
+    assert first.status_code == 202, first.text
+    second = _backup(vault, item_id)
+    # The caller still hears the catalog's refusal ...
+    assert second.status_code == 409 and second.json()["code"] == "UserErrorBackupOperationInProgress"
+    # ... and the history keeps the trigger that could not start, as a Failed backup.
+    history = vault.ok("GET", "/api/v1/jobs", params={"item_id": item_id, "type": "Backup"})
+    assert {j["status"] for j in history} == {"InProgress", "Failed"} and len(history) == 2, history
+    failed = next(j for j in history if j["status"] == "Failed")
+    assert failed["error"]["code"] == "UserErrorBackupOperationInProgress"
+    assert failed["error"]["params"]["job"] == first.json()["id"]
+    assert failed["trigger"] == "OnDemand" and failed["created_by"] == "user-operator"
+    assert failed["ended_at"] and failed["dispatched_at"] is None
+    assert {a["id"] for a in vault.ok("GET", "/api/v1/alerts")} == alerts_before  # seeds: no alert
+    running = vault.ok("GET", "/api/v1/jobs", params={"item_id": item_id, "status": "InProgress"})
+    assert [j["id"] for j in running] == [first.json()["id"]]
+
+    listed = _cli(vault, "jobs", "list", "--item", item_id)
+    assert listed.returncode == 0, listed.stderr + listed.stdout
+    row = next(line for line in listed.stdout.splitlines() if failed["id"][:12] in line)
+    assert "Failed" in row and "UserErrorBackupOperationInProgress" in row
+    as_json = _cli(vault, "jobs", "list", "--item", item_id, "--json")
+    assert failed["id"] in {j["id"] for j in json.loads(as_json.stdout)}
+    shown = _cli(vault, "jobs", "show", failed["id"])
+    assert "could not start" in shown.stdout and first.json()["id"] in shown.stdout, shown.stdout
+
+    # A refused trigger does not use up the item's daily on-demand allowance, nor block the next.
+    vault.ok("POST", f"/api/v1/jobs/{first.json()['id']}/cancel")
+    assert _backup(vault, item_id).status_code == 202
+
+
+def test_failed_job_keeps_the_agents_detail(vault: VaultServer, setup: dict[str, Any]) -> None:
+    agent: Agent = setup["agent"]
+    item_id = _item(vault, setup)
+    job = _backup(vault, item_id).json()
+    agent.work(wait=5)
+    error = {
+        "code": "34506",
+        "params": {"path": "/var/lib/kluis/kluis.kek"},
+        "detail": "the KEK file is missing",
+    }
+    warning = {
+        "code": "SalLowDiskSpace",
+        "params": {"path": "/var"},
+        "detail": "5% of 20 GiB, at least 1 GiB",
+    }
+    done = agent.result(job["id"], "Failed", error=error, warnings=[warning])
+    assert done.status_code == 200, done.text
+    stored = vault.ok("GET", f"/api/v1/jobs/{job['id']}")
+    assert stored["error"]["code"] == "34506" and stored["error"]["detail"] == "the KEK file is missing"
+    assert "the KEK file is missing" in stored["error"]["message"]
+    assert "/var/lib/kluis/kluis.kek" in stored["error"]["message"]
+    assert stored["warnings"][0]["detail"] == "5% of 20 GiB, at least 1 GiB"
+    shown = _cli(vault, "jobs", "show", job["id"])
+    assert "the KEK file is missing" in shown.stdout and "/var/lib/kluis/kluis.kek" in shown.stdout, (
+        shown.stdout + shown.stderr
+    )
+    as_json = json.loads(_cli(vault, "jobs", "show", job["id"], "--json").stdout)
+    assert as_json["error"]["detail"] == "the KEK file is missing"
 
 
 def test_completed_backup_needs_its_point(vault: VaultServer, setup: dict[str, Any]) -> None:

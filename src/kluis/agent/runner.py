@@ -55,12 +55,19 @@ def _json_safe(value: Any) -> Any:
 
 
 def coded(error: KluisError) -> dict[str, Any]:
-    """An error or warning as the vault's job report takes it: code, parameters, our message."""
-    return {
+    """An error or warning as the vault's job report takes it: code, parameters, detail, our message.
+
+    The detail (the specific path or numbers behind the error) travels on its own, so the
+    vault's job record keeps it next to the catalog's text in the reader's language.
+    """
+    out: dict[str, Any] = {
         "code": error.code,
         "params": {k: _json_safe(v) for k, v in error.params.items()},
         "message": error.message[:2000],
     }
+    if error.detail:
+        out["detail"] = str(error.detail)[:2000]
+    return out
 
 
 def _human(n: float) -> str:

@@ -115,6 +115,12 @@ def _progress_line(job: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _error_code(job: dict[str, Any]) -> str:
+    """The catalog code a failed job ended with ('' otherwise): `jobs show` has the rest."""
+    error = job.get("error")
+    return str(error.get("code", "")) if isinstance(error, dict) else ""
+
+
 def result_line(stats: dict[str, Any]) -> str:
     """The figures of a finished backup or restore that people look at (all are in --json)."""
     parts = []
@@ -170,6 +176,10 @@ def print_job(job: dict[str, Any], client: VaultClient | None = None) -> None:
         error = error_from_body(job["error"])
         message = error.message if error else str(job["error"].get("message", job["error"]))
         out.print(f"  [red]error {job['error'].get('code')}[/]: {message}")
+        detail = job["error"].get("detail")
+        if detail and str(detail) not in message:
+            # A code this CLI does not know renders without it: the specifics still show.
+            out.print(f"  detail:   {detail}")
         if error is not None:
             for i, action in enumerate(error.actions, 1):
                 out.print(f"    {i}. {action}")
@@ -270,7 +280,7 @@ def list_jobs(
             print_json(rows)
             return
         names = {i["id"]: i["name"] for i in client.get("/items")}
-        t = table("id", "type", "status", "trigger", "item", "started", "duration", "progress")
+        t = table("id", "type", "status", "trigger", "item", "started", "duration", "progress / error")
         for j in rows:
             t.add_row(
                 short(j["id"]),
@@ -280,7 +290,7 @@ def list_jobs(
                 names.get(j.get("item_id") or "", short(j.get("item_id"))),
                 when(j.get("created_at")),
                 duration(j),
-                _progress_line(j) if j["status"] not in FINAL else "",
+                _progress_line(j) if j["status"] not in FINAL else _error_code(j),
             )
         print_table(t)
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
+from kluis.catalog import KluisError
 from kluis.vault import items, jobs, points
 from kluis.vault.api.deps import READER, get_ctx, require
 from kluis.vault.auth import Principal, Role
@@ -166,11 +167,27 @@ def backup_now(
     ctx: VaultContext = Depends(get_ctx),
     p: Principal = Depends(require(Role.OPERATOR, "run on-demand backups")),
 ) -> dict[str, Any]:
-    """The queued backup job; UserErrorBackupOperationInProgress when one runs."""
-    with ctx.db.write() as s:
-        item = items.get_item(s, item_id, lock=True)
-        job = jobs.on_demand_backup(s, ctx.config, item, created_by=p.name, retain_until=body.retain_until)
-        out = jobs.job_dict(job)
+    """The queued backup job; UserErrorBackupOperationInProgress when one runs.
+
+    A refused duplicate is also kept in the job history as a Failed backup with that code
+    (and raises no alert), so the job list shows the trigger that could not start.
+    """
+    try:
+        with ctx.db.write() as s:
+            item = items.get_item(s, item_id, lock=True)
+            job = jobs.on_demand_backup(
+                s, ctx.config, item, created_by=p.name, retain_until=body.retain_until
+            )
+            out = jobs.job_dict(job)
+    except KluisError as exc:
+        if exc.code != "UserErrorBackupOperationInProgress":
+            raise
+        # The refusal rolled its own transaction back: record it in a new one, then answer 409.
+        with ctx.db.write() as s:
+            jobs.record_failed_start(
+                s, items.get_item(s, item_id), exc, trigger="OnDemand", created_by=p.name
+            )
+        raise
     ctx.notifier.notify(job.machine_id)
     return out
 

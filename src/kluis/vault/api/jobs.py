@@ -38,6 +38,9 @@ class CodedCondition(BaseModel):
     message: str | None = Field(
         default=None, max_length=2000, description="Used only for codes the vault lacks"
     )
+    detail: str | None = Field(
+        default=None, max_length=2000, description="The specific facts behind it (a path, the numbers)"
+    )
 
 
 class Result(BaseModel):
