@@ -573,16 +573,29 @@ def expire_stale(session: Session, config: VaultConfig, now: dt.datetime) -> int
     for job in stalled:
         machine = session.get(Machine, job.machine_id) if job.machine_id else None
         minutes = config.stall_timeout // 60
-        fail(
-            session,
-            job,
-            KluisError(
+        item = session.get(ProtectedItem, job.item_id) if job.item_id else None
+        if (
+            job.type == "Backup"
+            and job.phase == BACKUP_PHASES[0]
+            and item is not None
+            and item.kind == "disks"
+        ):
+            # The agent went silent while the extension's snapshot task ran: its outcome (and
+            # whether the guest was left frozen) is unknown, which the seeds code separately.
+            since = job.dispatched_at or job.updated_at
+            error = KluisError(
+                "GuestAgentSnapshotTaskStatusError",
+                machine=machine.hostname if machine else "?",
+                seconds=round((now - since).total_seconds()) if since else config.stall_timeout,
+            )
+        else:
+            error = KluisError(
                 "JobAgentTimeout",
                 job=job.id,
                 machine=machine.hostname if machine else "?",
                 reason=f"stopped reporting progress for more than {minutes} minutes",
-            ),
-        )
+            )
+        fail(session, job, error)
         count += 1
     return count
 
