@@ -8,14 +8,17 @@ machine (a full scratch file system, a slow backup in progress) register one.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -466,3 +469,110 @@ def test_backup_in_progress_on_an_item(vault: VaultServer, workdir: Path) -> Non
     assert f"kluis jobs cancel {job['id']}" in check["fix"]
     # A warning does not fail the run.
     assert report.rc == 0, report.not_passing()
+
+
+def _doctor_under(agent: AgentProc, prefix: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """``kluis doctor --json`` started through ``prefix`` (setpriv, a changed PATH...)."""
+    cmd = [*prefix, sys.executable, "-m", "kluis", "doctor", "--json", "--config-dir", str(agent.config_dir)]
+    proc = subprocess.run(
+        cmd, env=env or doctor_env(agent), capture_output=True, text=True, timeout=120, check=False
+    )
+    try:
+        return {c["id"]: c for c in json.loads(proc.stdout)["checks"]}
+    except ValueError:
+        raise AssertionError(f"doctor printed no JSON (rc {proc.returncode}):\n{proc.stderr}") from None
+
+
+def test_agent_config_readable_by_others(machine: Machine) -> None:
+    config = machine.agent.config_file
+    config.chmod(0o644)
+    try:
+        report = run_doctor(machine.agent)
+    finally:
+        config.chmod(0o600)
+    check = report.check("agent-key-permissions")
+    assert check["verdict"] == "fail" and check["error"]["code"] == "AgentKeyPermissionsWrong", check
+    assert check["error"]["params"] == {"path": str(config), "mode": "0644", "owner": "root"}
+    assert check["fix"] == f"chown root:root {config} && chmod 0600 {config}"
+    assert run_doctor(machine.agent).verdict("agent-key-permissions") == "pass"
+
+
+def test_daemon_of_an_older_version_is_restarted_by_fix(machine: Machine) -> None:
+    """The package was upgraded while the daemon kept running the old code."""
+    agent = machine.agent
+    stop_daemon(agent)
+    old = "import kluis; kluis.__version__ = '0.0.9'\nfrom kluis.cli.main import app\napp()"
+    args = [sys.executable, "-c", old, "agent", "run", "--config-dir", str(agent.config_dir)]
+    since = time.time()
+    proc = subprocess.Popen(
+        [*args, "--hostname", agent.hostname],
+        env=agent.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_heartbeat(agent, since)
+        report = run_doctor(agent)
+        check = report.check("agent-version")
+        assert check["verdict"] == "warn" and check["error"]["code"] == "AgentRestartNeeded", check
+        assert check["error"]["params"]["running"] == "0.0.9"
+        assert check["auto_fix"] == "restart the agent"
+        fixed = run_doctor(agent, "--fix")
+        assert [f["fix"] for f in fixed.data["fixes"]] == ["restart-agent"], fixed.data["fixes"]
+        assert proc.wait(timeout=40) is not None  # the old daemon was stopped
+        assert fixed.verdict("agent-version") == "pass", fixed.check("agent-version")
+        assert daemon_of(agent) not in (None, proc.pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if daemon_of(agent) is None:
+            agent.start()
+
+
+def test_reboot_pending_after_updates(machine: Machine) -> None:
+    marker = Path("/run/reboot-required")
+    if marker.exists():
+        pytest.skip(f"{marker} exists on this machine already; the test would remove a real marker")
+    packages = marker.with_name("reboot-required.pkgs")
+    marker.write_text("*** System restart required ***\n")
+    packages.write_text("linux-image-amd64\nlibc6\n")
+    try:
+        report = run_doctor(machine.agent)
+    finally:
+        marker.unlink()
+        packages.unlink()
+    check = report.check("machine-health")
+    assert check["verdict"] == "warn" and check["error"]["code"] == "MachineRebootPending", check
+    assert "linux-image-amd64, libc6" in check["error"]["params"]["reason"]
+    assert check["fix"] == "reboot the machine"
+    assert run_doctor(machine.agent).verdict("machine-health") == "pass"
+
+
+def test_agent_without_the_capability_to_freeze(machine: Machine) -> None:
+    drop = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"]
+    check = _doctor_under(machine.agent, drop)["snapshot-freeze"]
+    assert check["verdict"] == "fail" and check["error"]["code"] == "UserErrorFsFreezeFailed", check
+    assert "CAP_SYS_ADMIN" in check["error"]["params"]["reason"]
+    assert "User=root" in check["fix"]
+
+
+def test_btrfs_mounted_but_btrfs_tool_missing(machine: Machine, workdir: Path) -> None:
+    image = workdir / "btrfs.img"
+    with open(image, "wb") as f:
+        f.truncate(128 << 20)
+    run("mkfs.btrfs", "-q", "-f", str(image))
+    mounts = Mounts()
+    try:
+        target = mounts.mount(mounts.loop(image), workdir / "btrfs-mnt", fstype="btrfs")
+        # A PATH without the directories that hold btrfs-progs: the tool is "not installed".
+        env = doctor_env(machine.agent) | {"PATH": str(workdir / "empty-bin")}
+        check = _doctor_under(machine.agent, [], env=env)["snapshot-btrfs"]
+        assert check["verdict"] == "fail" and check["error"]["code"] == "ExtensionDependencyMissing", check
+        assert str(target) in check["details"]["mounts"]
+        assert "btrfs-progs" in check["fix"]
+        assert _doctor_under(machine.agent, [])["snapshot-btrfs"]["verdict"] == "pass"
+    finally:
+        mounts.close()
+        image.unlink(missing_ok=True)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from kluis.vault.config import CONFIG_NAME, VaultConfig
 from tests.agent.helpers import VaultServer, wait_for
@@ -127,3 +129,18 @@ def test_scheduler_lease_not_held(vault: VaultServer) -> None:
     assert check["verdict"] == "fail" and check["error"]["code"] == "SchedulerLeaseNotHeld"
     assert f":{pid}:" in check["error"]["params"]["reason"]
     assert "stopped renewing it" in check["error"]["params"]["reason"]
+
+
+def test_vault_configuration_invalid(vault: VaultServer, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    doc = tomllib.loads((vault.data / CONFIG_NAME).read_text())
+    # A slip an administrator makes: a number written as a word.
+    doc["limits"]["max_machines"] = "fifty"
+    bad.write_text(tomli_w.dumps(doc))
+    report = run_vault_doctor(vault.data, "--config", str(bad))
+    check = report.check("vault-config")
+    assert check["verdict"] == "fail" and check["error"]["code"] == "VaultConfigInvalid", check
+    assert str(bad) in check["fix"]
+    for later in ("vault-database", "vault-store"):
+        assert report.verdict(later) == "skip", report.check(later)
+    assert report.rc != 0
