@@ -35,6 +35,7 @@ from kluis.agent.keys import open_own, open_source
 from kluis.agent.store import AgentVaultStore, ResilientStore
 from kluis.catalog import KluisError
 from kluis.engine.disk import DiskRestore, disks_of
+from kluis.engine.disk_io import device_size
 
 if TYPE_CHECKING:
     from kluis.agent.runner import Job, Outcome
@@ -50,28 +51,56 @@ def _is_device(path: str) -> bool:
         return False
 
 
-def clone_or_copy(source: str, target: str) -> bool:
-    """Copy ``source`` to ``target`` (file or device); True when it was a reflink clone."""
+def clone_or_copy(source: str, target: str, disk: str = "") -> bool:
+    """Copy ``source`` to ``target`` (file or device); True when it was a reflink clone.
+
+    A block device target gets the same checks as a restore from the vault: it is opened
+    exclusively (EBUSY while mounted or otherwise claimed) and must hold the whole disk,
+    else nothing is written.
+    """
     device = _is_device(target)
-    flags = os.O_WRONLY if device else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    # O_EXCL on a block device fails while it is mounted; on a file it is not wanted (overwrite).
+    flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_EXCL if device else os.O_CREAT | os.O_TRUNC)
     with open(source, "rb") as src:
-        fd = os.open(target, flags, 0o600)
+        try:
+            fd = os.open(target, flags, 0o600)
+        except OSError as exc:
+            raise KluisError("RestoreTargetInvalid", target=target, reason=exc.strerror or str(exc)) from None
         with os.fdopen(fd, "wb") as dst:
-            if not device:
+            if device:
+                size = os.fstat(src.fileno()).st_size
+                room = device_size(dst.fileno())
+                if room < size:
+                    raise KluisError(
+                        "DiskRestoreTargetTooSmall", target=target, target_size=room, disk=disk, size=size
+                    )
+            else:
                 try:
                     fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
                     return True
                 except OSError:
                     pass  # another file system, or no reflink: copy the bytes
-            shutil.copyfileobj(src, dst, COPY_CHUNK)
-            dst.flush()
-            os.fsync(dst.fileno())
+            try:
+                shutil.copyfileobj(src, dst, COPY_CHUNK)
+                dst.flush()
+                os.fsync(dst.fileno())
+            except OSError as exc:
+                raise KluisError(
+                    "RestoreTargetInvalid", target=target, reason=exc.strerror or str(exc)
+                ) from None
     return False
 
 
 def _targets(job: Job, names: list[str], replace: dict[str, str] | None) -> dict[str, str]:
     """Disk name -> where it is written."""
     if replace is not None:
+        absent = [n for n in names if n not in replace]
+        if absent:
+            raise KluisError(
+                "RestoreTargetInvalid",
+                target=absent[0],
+                reason="the machine has no disk of that name to replace; restore it to a path instead",
+            )
         return {n: replace[n] for n in names}
     target = str(job.params.get("target_path") or "")
     if not target:
@@ -143,7 +172,7 @@ def run_disk_restore(job: Job) -> Outcome:
         for name in names:
             if local is not None:
                 job.reporter.note(f"instant restore of {name} from the local snapshot")
-                cloned = clone_or_copy(local[name], targets[name])
+                cloned = clone_or_copy(local[name], targets[name], name)
                 size = os.path.getsize(local[name])
                 results.append({"disk": name, "target": targets[name], "size": size, "reflink": cloned})
                 instant = True
