@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from kluis.vault import items, machines, policies
+from kluis.vault import items, jobs, machines, policies
 from kluis.vault.app import open_context
 from kluis.vault.auth import Principal, Role
 from kluis.vault.config import new_config
 from kluis.vault.context import VaultContext
 from kluis.vault.db.models import Alert, Job, ProtectedItem
-from kluis.vault.scheduler import Scheduler
+from kluis.vault.scheduler import BATCH, Scheduler
 from tests.vault.helpers import Agent, VaultServer
 
 UTC = dt.UTC
@@ -162,6 +162,79 @@ def test_runs_are_spread_over_the_window(ctx: VaultContext) -> None:
         starts = sorted(s.scalars(select(Job.not_before).where(Job.type == "Backup")))
     assert starts[0] >= run and starts[-1] < run + dt.timedelta(minutes=30)
     assert len(set(starts)) > 50
+
+
+def _many_items(ctx: VaultContext, count: int, last: dt.datetime) -> list[str]:
+    machine_id = _machine(ctx)
+    with ctx.db.write() as s:
+        policy = policies.create(s, "many", DAILY_0230, {"daily": 30})
+        ids = []
+        for n in range(count):
+            item, _ = items.enable(
+                s,
+                machine_id=machine_id,
+                name=f"item-{n}",
+                kind="files",
+                spec={"paths": ["/"]},
+                policy_ref=policy.id,
+                created_by="test",
+            )
+            item.last_slot_at = last
+            ids.append(item.id)
+    return ids
+
+
+def test_batches_create_one_job_per_item_and_later_ticks_find_none(ctx: VaultContext) -> None:
+    # More items than one batch (500): every batch inserts its jobs and moves its items' slots.
+    ids = _many_items(ctx, BATCH * 2 + 7, dt.datetime(2027, 5, 1, 12, 0, tzinfo=UTC))
+    sched = Scheduler(ctx)
+    now = dt.datetime(2027, 5, 2, 1, 0, tzinfo=UTC)
+    assert sched.tick(now)["created"] == len(ids)
+    with ctx.db.read() as s:
+        rows = s.execute(select(Job.item_id, Job.trigger, Job.status, Job.params).where(Job.type == "Backup"))
+        seen = [
+            (item_id, trigger, status, params["scheduled_for"]) for item_id, trigger, status, params in rows
+        ]
+        slots = set(s.scalars(select(ProtectedItem.last_slot_at).where(ProtectedItem.id.in_(ids))))
+    assert sorted(i for i, *_ in seen) == sorted(ids)
+    assert {(trigger, status, slot) for _, trigger, status, slot in seen} == {
+        ("Scheduled", "InProgress", "2027-05-02T00:30:00+00:00")
+    }
+    assert slots == {dt.datetime(2027, 5, 2, 0, 30, tzinfo=UTC)}
+    # Every item has handled the latest run: the next ticks are not even handed an item.
+    assert sched.due_items(now + dt.timedelta(hours=5)) == []
+    assert sched.tick(now + dt.timedelta(hours=5))["created"] == 0
+
+
+def test_a_backup_started_during_the_batch_falls_back_to_one_job_at_a_time(
+    ctx: VaultContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Real time: the running job must not look stale to the tick.
+    now = dt.datetime.now(UTC)
+    ids = _many_items(ctx, 5, now - dt.timedelta(days=2))
+    with ctx.db.write() as s:
+        item = s.get(ProtectedItem, ids[2])
+        assert item is not None
+        running = jobs.start_backup(s, item, trigger="OnDemand", created_by="operator")
+    sched = Scheduler(ctx)
+    real = Scheduler._batch_state
+    calls: list[int] = []
+
+    def blind_first(self: Scheduler, s: Any, batch: Any) -> Any:
+        # The first look misses the running backup, as if it started right after the check.
+        found, rows = real(self, s, batch)
+        calls.append(len(found))
+        return (set() if len(calls) == 1 else found), rows
+
+    monkeypatch.setattr(Scheduler, "_batch_state", blind_first)
+    counts = sched.tick(now)
+    assert len(calls) == 2  # the fast path hit the unique index, the slow path ran
+    assert counts["created"] == 4 and counts["in_progress"] == 1
+    held = _backups(ctx, ids[2])
+    assert (held[0].id, held[0].status) == (running.id, "InProgress")
+    assert held[1].status == "Failed" and held[1].error["code"] == "UserErrorBackupOperationInProgress"
+    for other in ids[:2] + ids[3:]:
+        assert [j.trigger for j in _backups(ctx, other)] == ["Scheduled"]
 
 
 def test_stopped_items_are_not_scheduled(ctx: VaultContext) -> None:

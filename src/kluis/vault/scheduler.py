@@ -25,15 +25,17 @@ import logging
 import threading
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from kluis.catalog import KluisError
 from kluis.vault import jobs, lease, maintenance
 from kluis.vault.context import VaultContext
 from kluis.vault.db.migrate import SCHEDULER_LEASE
-from kluis.vault.db.models import ACTIVE_JOB_STATUSES, Job, Machine, Policy, ProtectedItem
+from kluis.vault.db.models import ACTIVE_JOB_STATUSES, Job, Machine, Policy, ProtectedItem, new_id
 from kluis.vault.db.types import utcnow
-from kluis.vault.schedule import Schedule, due_run, spread_offset
+from kluis.vault.schedule import Schedule, due_run, previous_run, spread_offset
 
 log = logging.getLogger("kluis.vault.scheduler")
 BATCH = 500
@@ -126,14 +128,30 @@ class Scheduler:
         """(item id, run, not-before) for every protected item with a run due at ``now``."""
         spread = self.ctx.config.schedule_spread
         with self.ctx.db.read() as s:
+            policies = {p.id: p for p in s.scalars(select(Policy))}
+            # An item's run is the latest at now minus its delay, never later than the policy's
+            # latest run at ``now``: only items that have not handled that run can be due. So
+            # the database hands out those alone, and most ticks (every 10 s) read no item at
+            # all instead of all of them (10,000 rows a tick took a tenth of a core).
+            candidates = []
+            for policy in policies.values():
+                latest_run = previous_run(self._schedule(policy), now)
+                candidates.append(
+                    (ProtectedItem.policy_id == policy.id)
+                    & (
+                        (ProtectedItem.last_slot_at < latest_run)
+                        | (ProtectedItem.last_slot_at.is_(None) & (ProtectedItem.created_at < latest_run))
+                    )
+                )
+            if not candidates:
+                return []
             # Policy ids, not Policy rows: loading an entity per item was half of a tick's time.
             rows = s.execute(
                 select(ProtectedItem.id, ProtectedItem.last_slot_at, ProtectedItem.created_at, Policy.id)
                 .join(Policy, Policy.id == ProtectedItem.policy_id)
                 .join(Machine, Machine.id == ProtectedItem.machine_id)
-                .where(ProtectedItem.state == "Protected", Machine.deleted_at.is_(None))
+                .where(ProtectedItem.state == "Protected", Machine.deleted_at.is_(None), or_(*candidates))
             ).all()
-            policies = {p.id: p for p in s.scalars(select(Policy))}
             # The latest run before a moment is the same for all items of a policy with the same
             # delay: work it out once per (policy, moment), not once per item.
             latest: dict[tuple[str, dt.datetime], dt.datetime | None] = {}
@@ -158,48 +176,137 @@ class Scheduler:
         for start in range(0, len(due), BATCH):
             batch = due[start : start + BATCH]
             with self.ctx.db.write() as s:
-                ids = [item_id for item_id, _, _ in batch]
-                running = set(
-                    s.scalars(
-                        select(Job.item_id).where(
-                            Job.item_id.in_(ids), Job.type == "Backup", Job.status.in_(ACTIVE_JOB_STATUSES)
-                        )
-                    )
-                )
-                items = {i.id: i for i in s.scalars(select(ProtectedItem).where(ProtectedItem.id.in_(ids)))}
-                for item_id, run, not_before in batch:
-                    item = items.get(item_id)
-                    if item is None or item.state != "Protected":
-                        continue
-                    if item.last_slot_at is not None and run <= item.last_slot_at:
-                        continue  # handled meanwhile (another holder before a take-over)
-                    item.last_slot_at = run
-                    if item_id in running:
-                        self._record_overlap(s, item)
-                        skipped += 1
-                        continue
-                    try:
-                        jobs.start_backup(
-                            s,
-                            item,
-                            trigger="Scheduled",
-                            created_by="scheduler",
-                            not_before=min(not_before, now),
-                            scheduled_for=run,
-                        )
-                    except KluisError as exc:
-                        if exc.code != "UserErrorBackupOperationInProgress":
-                            raise
-                        self._record_overlap(s, item)
-                        skipped += 1
-                        continue
-                    created += 1
-                    machines.add(item.machine_id)
+                try:
+                    # One savepoint for the whole batch: the fast path inserts every job at once.
+                    with s.begin_nested():
+                        made, over, touched = self._schedule_batch(s, batch, now)
+                except IntegrityError:
+                    # A backup of one of these items started (another process) after the check:
+                    # the batch again, one savepoint per job, so only that item is skipped.
+                    made, over, touched = self._schedule_batch_each(s, batch, now)
+                created += made
+                skipped += over
+                machines |= touched
         for machine_id in machines:
             self.ctx.notifier.notify(machine_id)
         if created or skipped:
             log.info("scheduler: %d backup jobs created, %d still running", created, skipped)
         return created, skipped
+
+    def _batch_state(
+        self, s: Session, batch: list[tuple[str, dt.datetime, dt.datetime]]
+    ) -> tuple[set[str], dict[str, tuple[str, str, dt.datetime | None]]]:
+        """The items of a batch that have a backup running, and (machine, state, last slot) per item."""
+        ids = [item_id for item_id, _, _ in batch]
+        running = set(
+            s.scalars(
+                select(Job.item_id).where(
+                    Job.item_id.in_(ids), Job.type == "Backup", Job.status.in_(ACTIVE_JOB_STATUSES)
+                )
+            )
+        )
+        # Locked (PostgreSQL) so a scheduler that took the lease over meanwhile cannot
+        # create the same run's jobs from a stale read.
+        rows = s.execute(
+            select(
+                ProtectedItem.id, ProtectedItem.machine_id, ProtectedItem.state, ProtectedItem.last_slot_at
+            )
+            .where(ProtectedItem.id.in_(ids))
+            .with_for_update()
+        ).all()
+        return {str(r) for r in running}, {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def _schedule_batch(
+        self, s: Session, batch: list[tuple[str, dt.datetime, dt.datetime]], now: dt.datetime
+    ) -> tuple[int, int, set[str]]:
+        """Jobs for a batch in two statements (insert all, update all); IntegrityError on a race.
+
+        An ORM flush per job (a savepoint, an insert and an update each) was three quarters
+        of a 10,000-item tick.
+        """
+        running, items = self._batch_state(s, batch)
+        stamp = utcnow()
+        jobs_rows: list[dict[str, Any]] = []
+        slots: list[dict[str, Any]] = []
+        overlaps: list[str] = []
+        machines: set[str] = set()
+        for item_id, run, not_before in batch:
+            found = items.get(item_id)
+            if found is None or found[1] != "Protected":
+                continue
+            machine_id, _state, last_slot = found
+            if last_slot is not None and run <= last_slot:
+                continue  # handled meanwhile (another holder before a take-over)
+            slots.append({"id": item_id, "last_slot_at": run})
+            if item_id in running:
+                overlaps.append(item_id)
+                continue
+            jobs_rows.append(
+                {
+                    "id": new_id(),
+                    "type": "Backup",
+                    "status": "InProgress",
+                    "trigger": "Scheduled",
+                    "item_id": item_id,
+                    "machine_id": machine_id,
+                    "params": {"scheduled_for": run.isoformat()},
+                    "created_by": "scheduler",
+                    "created_at": stamp,
+                    "updated_at": stamp,
+                    "not_before": min(not_before, now),
+                    "retain_until": None,
+                    "progress": {},
+                }
+            )
+            machines.add(machine_id)
+        if slots:
+            s.execute(update(ProtectedItem), slots)
+        if jobs_rows:
+            s.execute(insert(Job), jobs_rows)
+        for item_id in overlaps:
+            item = s.get(ProtectedItem, item_id)
+            if item is not None:
+                self._record_overlap(s, item)
+        return len(jobs_rows), len(overlaps), machines
+
+    def _schedule_batch_each(
+        self, s: Session, batch: list[tuple[str, dt.datetime, dt.datetime]], now: dt.datetime
+    ) -> tuple[int, int, set[str]]:
+        """Jobs for a batch one at a time, each in its own savepoint (after a race)."""
+        running, _ = self._batch_state(s, batch)
+        created = skipped = 0
+        machines: set[str] = set()
+        ids = [item_id for item_id, _, _ in batch]
+        items = {i.id: i for i in s.scalars(select(ProtectedItem).where(ProtectedItem.id.in_(ids)))}
+        for item_id, run, not_before in batch:
+            item = items.get(item_id)
+            if item is None or item.state != "Protected":
+                continue
+            if item.last_slot_at is not None and run <= item.last_slot_at:
+                continue
+            item.last_slot_at = run
+            if item_id in running:
+                self._record_overlap(s, item)
+                skipped += 1
+                continue
+            try:
+                jobs.start_backup(
+                    s,
+                    item,
+                    trigger="Scheduled",
+                    created_by="scheduler",
+                    not_before=min(not_before, now),
+                    scheduled_for=run,
+                )
+            except KluisError as exc:
+                if exc.code != "UserErrorBackupOperationInProgress":
+                    raise
+                self._record_overlap(s, item)
+                skipped += 1
+                continue
+            created += 1
+            machines.add(item.machine_id)
+        return created, skipped, machines
 
     @staticmethod
     def _record_overlap(s: Any, item: ProtectedItem) -> None:

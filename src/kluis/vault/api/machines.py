@@ -8,13 +8,22 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from kluis.vault import jobs, machines
-from kluis.vault.api.deps import READER, get_ctx, get_principal, machine_self, optional_principal, require
-from kluis.vault.auth import Principal, Role
+from kluis.vault.api.deps import (
+    READER,
+    bearer,
+    get_ctx,
+    get_principal,
+    machine_self,
+    optional_principal,
+    require,
+)
+from kluis.vault.auth import Principal, Role, authenticate
 from kluis.vault.context import VaultContext
 from kluis.vault.db.models import GcState, Machine
 from kluis.vault.db.types import utcnow
@@ -180,9 +189,15 @@ def heartbeat(
         )
 
 
-def _claim(ctx: VaultContext, machine_id: str) -> dict[str, Any] | None:
+def _claim(ctx: VaultContext, machine_id: str, token: str | None = None) -> dict[str, Any] | None:
+    """Due work for the machine (claimed), else None; with ``token``, authenticates first."""
     now = utcnow()
     with ctx.db.read() as s:
+        if token is not None:
+            # In the same thread hop and transaction as the first look for work: a poll is
+            # most of an agent's requests, and each hop to a worker thread costs more than
+            # the queries (benchmarks/RESULTS-vault.md).
+            authenticate(s, token).require_machine(machine_id, "take work")
         if not jobs.has_work(s, machine_id, now):
             return None
     with ctx.db.write() as s:
@@ -192,16 +207,21 @@ def _claim(ctx: VaultContext, machine_id: str) -> dict[str, Any] | None:
     return work if work["jobs"] or work["cancel"] else None
 
 
-@router.get("/{machine_id}/work", summary="Long-poll for jobs to run and jobs to cancel")
+@router.get(
+    "/{machine_id}/work",
+    summary="Long-poll for jobs to run and jobs to cancel",
+    description="Needs the machine's own token.",
+)
 async def work(
     machine_id: str,
     request: Request,
     wait: float = Query(default=30, ge=0, le=MAX_WAIT, description="Seconds to wait for work"),
     ctx: VaultContext = Depends(get_ctx),
-    _p: Principal = Depends(machine_self("take work")),
+    creds: HTTPAuthorizationCredentials | None = Depends(bearer),
 ) -> dict[str, Any]:
     """Answers at once when there is work, else when work arrives or ``wait`` runs out."""
     deadline = time.monotonic() + wait
+    token: str | None = creds.credentials if creds is not None else ""
     event = ctx.notifier.subscribe(machine_id)
     try:
         while True:
@@ -209,7 +229,8 @@ async def work(
             if await request.is_disconnected():
                 # The agent went away (restarted): jobs claimed now would reach nobody and hang.
                 return {"jobs": [], "cancel": []}
-            found = await run_in_threadpool(_claim, ctx, machine_id)
+            found = await run_in_threadpool(_claim, ctx, machine_id, token)
+            token = None  # authenticated
             if found is not None:
                 return found
             remaining = deadline - time.monotonic()

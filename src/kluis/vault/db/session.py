@@ -6,12 +6,20 @@ So SQLite gets two engines: writes begin IMMEDIATE, reads begin DEFERRED and, in
 WAL mode, never block. PostgreSQL uses one engine; code that must serialise on a
 row says so with ``SELECT ... FOR UPDATE`` (ignored by SQLite, where the write lock
 already serialises).
+
+Within one process, SQLite writers also queue on a Python lock before they ask SQLite
+for its write lock. SQLite's own busy handler polls with sleeps of up to 100 ms, and
+under load a newcomer keeps winning against a writer that happens to be asleep: with
+1,000 agents heartbeating, some heartbeats waited over a minute (benchmarks/RESULTS-vault.md).
+The Python lock hands the write lock on without sleeping; other processes still meet
+the busy handler.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -32,11 +40,19 @@ def redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+# Connections kept open per SQLite engine. Reads run on up to 40 request threads (AnyIO's
+# default) plus the scheduler's; a smaller pool closed and reopened connections all the
+# time under load, each reopening paying for the PRAGMAs below.
+SQLITE_READ_POOL = 48
+# Writers queue on the process's write lock before they take a connection, so few are needed.
+SQLITE_WRITE_POOL = 4
+
+
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": 60},
-        pool_size=8,
+        pool_size=SQLITE_WRITE_POOL if immediate else SQLITE_READ_POOL,
         max_overflow=32,
     )
 
@@ -72,6 +88,9 @@ class Database:
             self.read_engine = self.engine
         self._write = sessionmaker(self.engine, expire_on_commit=False)
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
+        # Reentrant: a nested write in one thread meets SQLite's busy handler as before,
+        # rather than hanging on this lock for good.
+        self._write_lock: threading.RLock | None = threading.RLock() if self.dialect == "sqlite" else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -81,7 +100,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A transaction that may write; commits on success, rolls back on error."""
-        with self._write.begin() as session:
+        with self._write_lock or nullcontext(), self._write.begin() as session:
             yield session
 
     @contextmanager
