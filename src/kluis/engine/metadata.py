@@ -180,6 +180,58 @@ def apply_metadata(name: bytes, node: Node, dir_fd: int, *, owner: bool) -> list
     return problems
 
 
+def apply_metadata_fd(fd: int, node: Node, *, owner: bool, clean: bool) -> list[str]:
+    """Set owner, xattrs, mode and times through an open descriptor; returns what failed.
+
+    For files and directories this restore has just opened: no path is looked up
+    again, so nothing can be swapped in between. ``clean`` says the object was
+    created by this restore in a directory without a default ACL, so it carries no
+    attributes of its own yet and the ``listxattr`` pass that removes strays is skipped.
+    """
+    problems: list[str] = []
+    if owner:
+        try:
+            os.chown(fd, uid_for(node.user, node.uid), gid_for(node.group, node.gid))
+        except OSError as exc:
+            problems.append(f"owner: {exc.strerror}")
+    wanted = node.xattrs or {}
+    if not clean:
+        try:
+            present = os.listxattr(fd)
+        except OSError:
+            present = []
+        for key in present:
+            if key not in wanted:
+                try:
+                    os.removexattr(fd, key)
+                except OSError:
+                    pass
+    for key, value in wanted.items():
+        try:
+            os.setxattr(fd, key, base64.b64decode(value))
+        except OSError as exc:
+            if owner or exc.errno not in (errno.EPERM, errno.ENOTSUP):
+                problems.append(f"xattr {key}: {exc.strerror}")
+    try:
+        os.chmod(fd, node.mode)
+    except OSError as exc:
+        problems.append(f"mode: {exc.strerror}")
+    try:
+        os.utime(fd, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns))
+    except OSError as exc:
+        problems.append(f"times: {exc.strerror}")
+    return problems
+
+
+def has_default_acl(fd: int) -> bool:
+    """Whether new entries in the directory ``fd`` inherit an ACL (when unsure: True)."""
+    try:
+        os.getxattr(fd, "system.posix_acl_default")
+    except OSError as exc:
+        return exc.errno not in (errno.ENODATA, errno.ENOTSUP)
+    return True
+
+
 def _set_times(name: bytes, node: Node, dir_fd: int, problems: list[str]) -> None:
     try:
         os.utime(

@@ -2,29 +2,33 @@
 
 Safety first: every path is walked from the target with ``openat`` and
 ``O_NOFOLLOW``, names are checked (no ``..``, no slash, no NUL, never empty),
-and files are written under a temporary name and renamed into place, so a
-damaged or forged recovery point, or a symlink swapped in while the restore
-runs, can never make it write outside the target.
+new entries are made with calls that fail rather than follow or replace what is
+there (``O_CREAT | O_EXCL``, ``symlink``, ``mkdir``), and an existing entry is
+only ever replaced by renaming a temporary one over it. So a damaged or forged
+recovery point, or a symlink swapped in while the restore runs, can never make
+it write outside the target.
 """
 
 from __future__ import annotations
 
 import errno
-import fnmatch
+import itertools
 import os
-import secrets
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from kluis.catalog import KluisError, Severity
-from kluis.engine.metadata import apply_metadata
+from kluis.engine.metadata import apply_metadata, apply_metadata_fd, has_default_acl
 from kluis.engine.progress import Progress, ProgressCallback, Throttle
 from kluis.engine.repository import Repository
+from kluis.engine.restore_io import SegmentReader
+from kluis.engine.restore_select import Selection
 from kluis.engine.trees import (
     BLOCKDEV,
     CHARDEV,
@@ -41,7 +45,10 @@ from kluis.engine.tuning import tune_allocator
 
 CONFLICT_MODES = ("overwrite", "skip", "copy")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_MAX_IN_FLIGHT = 128
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# A worker gets up to this many files (or bytes) of one directory at a time.
+_BATCH_FILES = 32
+_BATCH_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -82,47 +89,26 @@ def safe_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\x00" not in name
 
 
-def _match_parts(parts: Sequence[str], pattern: Sequence[str]) -> bool:
-    """Component-wise glob match; ``**`` stands for any number of components."""
-    if not pattern:
-        return not parts
-    if pattern[0] == "**":
-        return any(_match_parts(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
-    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _match_parts(parts[1:], pattern[1:])
+class _Batch:
+    """Files of one directory handed to a worker together (fewer futures and descriptor copies)."""
 
+    __slots__ = ("bytes", "items")
 
-def _could_lead_to(parts: Sequence[str], pattern: Sequence[str]) -> bool:
-    """Whether something below the directory ``parts`` can match ``pattern``."""
-    for i, comp in enumerate(parts):
-        if i >= len(pattern):
-            return False
-        if pattern[i] == "**":
-            return True
-        if not fnmatch.fnmatchcase(comp, pattern[i]):
-            return False
-    return len(pattern) > len(parts)
-
-
-class _Selection:
-    """Include patterns: paths or globs relative to the point's root (``*`` stays in one component)."""
-
-    def __init__(self, patterns: Sequence[str]) -> None:
-        self.patterns = [p.strip("/").split("/") for p in patterns if p.strip("/")]
-
-    def decide(self, rel: str, is_dir: bool) -> str:
-        """'all' (this and everything below), 'partial' (look inside) or 'none'."""
-        if not self.patterns:
-            return "all"
-        parts = rel.split("/") if rel else []
-        if any(_match_parts(parts, p) for p in self.patterns):
-            return "all"
-        if is_dir and any(_could_lead_to(parts, p) for p in self.patterns):
-            return "partial"
-        return "none"
+    def __init__(self) -> None:
+        self.items: list[tuple[bytes, str, Node]] = []
+        self.bytes = 0
 
 
 class Restorer:
-    """One restore of one recovery point."""
+    """One restore of one recovery point.
+
+    The main thread walks the listings, creates directories and hands batches of
+    files to worker threads. Workers create each file under its final name with
+    ``O_CREAT | O_EXCL`` (which never follows or replaces anything); only when
+    something is already there does the conflict mode decide, and an overwrite
+    then writes a temporary file and renames it into place. Metadata is set on the
+    open descriptor before it is closed.
+    """
 
     def __init__(
         self,
@@ -143,15 +129,19 @@ class Restorer:
                 "ValidationFailed", reason=f"conflict mode must be one of {', '.join(CONFLICT_MODES)}"
             )
         self.owner = self.options.owner if self.options.owner is not None else os.geteuid() == 0
-        self.select = _Selection(self.options.include)
+        self.select = Selection(self.options.include)
         self.progress = Progress(phase="Restore")
         self._report = Throttle(progress)
         self._should_stop = should_stop or (lambda: False)
         self._lock = threading.Lock()
         self._warnings: list[dict[str, Any]] = []
-        self._dirs: list[tuple[list[bytes], Node]] = []
-        self._links: dict[str, tuple[list[bytes], bytes, Future[None]]] = {}
-        self._futures: list[Future[None]] = []
+        # Directories in the order they were entered: (components, node, created by us, inherits ACL).
+        self._dirs: list[tuple[list[bytes], Node, bool, bool]] = []
+        self._links: dict[str, tuple[list[bytes], Future[None]]] = {}
+        self._final: dict[str, bytes] = {}  # rel path of a multiply-linked file -> name it got
+        self._futures: deque[Future[None]] = deque()
+        self._tmp_seq = itertools.count()
+        self._reader = SegmentReader(repo.store)
         self.skipped = 0
         self.dirs = 0
 
@@ -166,6 +156,13 @@ class Restorer:
 
     def _fail_file(self, rel: str, reason: str) -> None:
         self._warn(KluisError("RestoreFileFailed", path=rel, reason=reason))
+
+    def _skip(self) -> None:
+        with self._lock:
+            self.skipped += 1
+
+    def _tmp_name(self) -> bytes:
+        return b".kluis-restore-%x-%x" % (os.getpid(), next(self._tmp_seq))
 
     # -- the run --------------------------------------------------------------------------
 
@@ -183,10 +180,9 @@ class Restorer:
         self._root_fd = root_fd
         self._pool = ThreadPoolExecutor(self.options.threads, thread_name_prefix="kluis-restore")
         try:
-            self._restore_tree(root_fd, [], "", root_id)
-            for f in self._futures:
-                f.result()
-            self._futures.clear()
+            self._restore_tree(root_fd, [], "", root_id, False, False, has_default_acl(root_fd))
+            while self._futures:
+                self._futures.popleft().result()
             self._pool.shutdown(wait=True)
             self._apply_dir_metadata()
         finally:
@@ -215,11 +211,24 @@ class Restorer:
             return None
 
     def _restore_tree(
-        self, dir_fd: int, comps: list[bytes], rel: str, tree_id: bytes, everything: bool = False
+        self,
+        dir_fd: int,
+        comps: list[bytes],
+        rel: str,
+        tree_id: bytes,
+        everything: bool,
+        fresh: bool,
+        acl: bool,
     ) -> None:
+        """Restore one listing into ``dir_fd``.
+
+        ``fresh``: this run created the directory; ``acl``: entries created in it inherit
+        a default ACL (so new files are not free of attributes).
+        """
         nodes = self._load_tree(tree_id, rel)
         if nodes is None:
             return
+        batch = _Batch()
         for node in nodes:
             if self._should_stop():
                 raise KluisError("OperationCancelled", operation="restore")
@@ -239,47 +248,89 @@ class Restorer:
                 continue
             name = os_name(node.name)
             if node.type == DIR:
-                self._restore_dir(dir_fd, comps, name, child_rel, node, decision == "all")
+                self._restore_dir(dir_fd, comps, name, child_rel, node, decision == "all", acl)
+            elif node.type == FILE:
+                batch.items.append((name, child_rel, node))
+                batch.bytes += node.size
+                if node.nlink:
+                    # Later hard links to this file wait for its batch: send it now.
+                    self._links[child_rel] = (comps, self._submit(dir_fd, batch, acl))
+                    batch = _Batch()
+                elif len(batch.items) >= _BATCH_FILES or batch.bytes >= _BATCH_BYTES:
+                    self._submit(dir_fd, batch, acl)
+                    batch = _Batch()
             else:
-                self._restore_leaf(dir_fd, comps, name, child_rel, node)
+                if batch.items:
+                    self._submit(dir_fd, batch, acl)
+                    batch = _Batch()
+                self._restore_special(dir_fd, comps, name, child_rel, node, acl)
             self._report(self.progress)
+        if batch.items:
+            self._submit(dir_fd, batch, acl)
+
+    def _submit(self, dir_fd: int, batch: _Batch, acl: bool) -> Future[None]:
+        while len(self._futures) >= self._max_in_flight:
+            self._futures.popleft().result()
+        fd = os.dup(dir_fd)
+        try:
+            future = self._pool.submit(self._write_batch, fd, batch.items, acl)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._futures.append(future)
+        return future
+
+    @property
+    def _max_in_flight(self) -> int:
+        # Deep enough that the walk can run ahead through folders of big files and the
+        # workers still have work queued when it reaches folders of many tiny ones.
+        return 32 * self.options.threads
+
+    # -- directories ----------------------------------------------------------------------
 
     def _restore_dir(
-        self, dir_fd: int, comps: list[bytes], name: bytes, rel: str, node: Node, everything: bool
+        self, dir_fd: int, comps: list[bytes], name: bytes, rel: str, node: Node, everything: bool, acl: bool
     ) -> None:
-        fd, final = self._enter_dir(dir_fd, name, rel)
+        fd, final, fresh = self._enter_dir(dir_fd, name, rel)
         if fd is None:
             return
         try:
             self.dirs += 1
             sub = [*comps, final]
+            # A directory made here inherits its parent's default ACL; one that was there has its own.
+            sub_acl = acl if fresh else has_default_acl(fd)
+            self._dirs.append((sub, node, fresh, acl))
             if node.subtree:
-                self._restore_tree(fd, sub, rel, bytes.fromhex(node.subtree), everything)
-            self._dirs.append((sub, node))
+                self._restore_tree(fd, sub, rel, bytes.fromhex(node.subtree), everything, fresh, sub_acl)
         finally:
             os.close(fd)
 
-    def _enter_dir(self, dir_fd: int, name: bytes, rel: str) -> tuple[int | None, bytes]:
-        """Create (if needed) and open a directory without following links."""
+    def _enter_dir(self, dir_fd: int, name: bytes, rel: str) -> tuple[int | None, bytes, bool]:
+        """Create (if needed) and open a directory without following links.
+
+        Returns the descriptor (None when it cannot be used), the name it got and
+        whether this run created it.
+        """
         final = name
+        fresh = True
         try:
             os.mkdir(name, 0o700, dir_fd=dir_fd)
         except FileExistsError:
-            pass
+            fresh = False
         except OSError as exc:
             self._fail_file(rel, exc.strerror or str(exc))
-            return None, name
+            return None, name, False
         try:
-            return os.open(name, _DIR_FLAGS, dir_fd=dir_fd), final
+            return os.open(name, _DIR_FLAGS, dir_fd=dir_fd), final, fresh
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                 self._fail_file(rel, exc.strerror or str(exc))
-                return None, name
+                return None, name, False
         # Something that is not a directory is in the way (a file, or a symlink: never followed).
         mode = self.options.conflict
         if mode == "skip":
-            self.skipped += 1
-            return None, name
+            self._skip()
+            return None, name, False
         if mode == "copy":
             final = self._free_name(dir_fd, name)
         else:
@@ -287,15 +338,15 @@ class Restorer:
                 os.unlink(name, dir_fd=dir_fd)
             except OSError as exc:
                 self._fail_file(rel, exc.strerror or str(exc))
-                return None, name
+                return None, name, False
         try:
             os.mkdir(final, 0o700, dir_fd=dir_fd)
-            return os.open(final, _DIR_FLAGS, dir_fd=dir_fd), final
+            return os.open(final, _DIR_FLAGS, dir_fd=dir_fd), final, True
         except OSError as exc:
             self._warn(
                 KluisError("RestoreUnsafePath", path=rel, reason=exc.strerror or str(exc), target=self.target)
             )
-            return None, name
+            return None, name, False
 
     @staticmethod
     def _exists(dir_fd: int, name: bytes) -> bool:
@@ -307,147 +358,157 @@ class Restorer:
 
     def _free_name(self, dir_fd: int, name: bytes) -> bytes:
         """``name.restored``, ``name.restored-2``, ... whichever is free (keep-both mode)."""
-        candidate = name + b".restored"
-        n = 1
-        while self._exists(dir_fd, candidate):
-            n += 1
-            candidate = name + b".restored-%d" % n
-        return candidate
+        for candidate in _copy_names(name):
+            if not self._exists(dir_fd, candidate):
+                return candidate
+        raise AssertionError("unreachable")
 
-    def _final_name(self, dir_fd: int, name: bytes) -> bytes | None:
-        """Where a non-directory goes, by conflict mode; None to skip it."""
-        if not self._exists(dir_fd, name):
-            return name
-        if self.options.conflict == "skip":
-            self.skipped += 1
-            return None
-        if self.options.conflict == "copy":
-            return self._free_name(dir_fd, name)
-        return name
+    def _apply_dir_metadata(self) -> None:
+        """Set every restored directory's metadata, each after everything inside it.
 
-    def _restore_leaf(self, dir_fd: int, comps: list[bytes], name: bytes, rel: str, node: Node) -> None:
-        final = self._final_name(dir_fd, name)
-        if final is None:
-            return
-        if node.type == FILE or node.type == HARDLINK:
-            if node.type == HARDLINK and self._link(dir_fd, final, node):
-                with self._lock:
-                    self.progress.files += 1
+        Walks the directories in the order they were entered, holding descriptors of
+        the current path only, so each directory is opened once (never by path).
+        """
+        stack: list[tuple[int | None, Node, str, bool]] = []
+
+        def finish() -> None:
+            fd, node, rel, clean = stack.pop()
+            if fd is None:
                 return
-            fd = os.dup(dir_fd)
-            while len(self._futures) > _MAX_IN_FLIGHT:
-                self._futures.pop(0).result()
-            future = self._pool.submit(self._write_file, fd, comps, final, rel, node)
-            self._futures.append(future)
-            if node.nlink and node.type == FILE:
-                self._links[rel] = (comps, final, future)
-            return
-        tmp = b".kluis-restore-" + secrets.token_hex(6).encode()
-        try:
-            if node.type == SYMLINK:
-                os.symlink(os_name(node.target or ""), tmp, dir_fd=dir_fd)
-            elif node.type == FIFO:
-                os.mkfifo(tmp, 0o600, dir_fd=dir_fd)
-            elif node.type in (CHARDEV, BLOCKDEV):
-                kind = stat.S_IFCHR if node.type == CHARDEV else stat.S_IFBLK
-                os.mknod(tmp, 0o600 | kind, node.rdev or 0, dir_fd=dir_fd)
-            os.rename(tmp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except OSError as exc:
             try:
-                os.unlink(tmp, dir_fd=dir_fd)
-            except OSError:
-                pass
-            self._fail_file(rel, exc.strerror or str(exc))
-            return
-        self._metadata(dir_fd, final, node, rel)
-        with self._lock:
-            self.progress.files += 1
+                problems = apply_metadata_fd(fd, node, owner=self.owner, clean=clean)
+                if problems:
+                    self._fail_file(rel, "metadata: " + "; ".join(problems))
+            finally:
+                os.close(fd)
 
-    def _metadata(self, dir_fd: int, name: bytes, node: Node, rel: str) -> None:
-        problems = apply_metadata(name, node, dir_fd, owner=self.owner)
-        if problems:
-            self._warn(KluisError("RestoreFileFailed", path=rel, reason="metadata: " + "; ".join(problems)))
-
-    def _link(self, dir_fd: int, name: bytes, node: Node) -> bool:
-        """Re-create a hard link to a file restored earlier in this run."""
-        first = self._links.get(node.target or "")
-        if first is None:
-            return False
-        comps, first_name, written = first
-        written.result()  # the first name must exist before it can be linked to
-        src_fd = self._open_path(comps)
-        if src_fd is None:
-            return False
         try:
-            if self.options.conflict == "overwrite" and self._exists(dir_fd, name):
-                os.unlink(name, dir_fd=dir_fd)
-            os.link(first_name, name, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-            return True
-        except OSError:
-            return False
+            for comps, node, fresh, inherits in self._dirs:
+                while len(stack) >= len(comps):
+                    finish()
+                parent = stack[-1][0] if stack else self._root_fd
+                fd: int | None = None
+                if parent is not None:
+                    try:
+                        fd = os.open(comps[-1], _DIR_FLAGS, dir_fd=parent)
+                    except OSError:
+                        fd = None  # replaced meanwhile: leave it alone
+                rel = "/".join(os.fsdecode(c) for c in comps)
+                stack.append((fd, node, rel, fresh and not inherits))
+            while stack:
+                finish()
         finally:
-            os.close(src_fd)
+            for fd, *_ in stack:
+                if fd is not None:
+                    os.close(fd)
 
-    def _open_path(self, comps: list[bytes]) -> int | None:
-        """Open a directory below the target one component at a time, never following links."""
-        fd = os.dup(self._root_fd)
-        for comp in comps:
-            try:
-                nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
-            except OSError:
-                os.close(fd)
-                return None
-            os.close(fd)
-            fd = nfd
-        return fd
+    # -- files ----------------------------------------------------------------------------
 
-    def _write_file(self, dir_fd: int, comps: list[bytes], name: bytes, rel: str, node: Node) -> None:
-        tmp = b".kluis-restore-" + secrets.token_hex(6).encode()
+    def _write_batch(self, dir_fd: int, items: list[tuple[bytes, str, Node]], acl: bool) -> None:
         try:
-            try:
-                fd = os.open(
-                    tmp,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                    dir_fd=dir_fd,
-                )
-            except OSError as exc:
-                self._fail_file(rel, exc.strerror or str(exc))
-                return
-            try:
-                written = self._write_content(fd, node, rel)
-            except (KluisError, OSError) as exc:
-                os.close(fd)
-                os.unlink(tmp, dir_fd=dir_fd)
-                if isinstance(exc, KluisError):
-                    self._warn(exc)
-                    self._fail_file(rel, exc.message)
-                else:
-                    self._fail_file(rel, exc.strerror or str(exc))
-                return
-            os.close(fd)
-            try:
-                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            except OSError as exc:
-                os.unlink(tmp, dir_fd=dir_fd)
-                self._fail_file(rel, exc.strerror or str(exc))
-                return
-            self._metadata(dir_fd, name, node, rel)
+            files = written = 0
+            for name, rel, node in items:
+                n = self._write_file(dir_fd, name, rel, node, acl)
+                if n is not None:
+                    files += 1
+                    written += n
             with self._lock:
-                self.progress.files += 1
+                self.progress.files += files
                 self.progress.bytes += written
         finally:
             os.close(dir_fd)
 
+    def _create(self, dir_fd: int, name: bytes, rel: str) -> tuple[int, bytes, bytes | None] | None:
+        """Open a new file for ``name``: (fd, final name, temporary name or None); None to skip."""
+        try:
+            return os.open(name, _NEW_FILE, 0o600, dir_fd=dir_fd), name, None
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            self._fail_file(rel, exc.strerror or str(exc))
+            return None
+        mode = self.options.conflict
+        try:
+            if mode == "skip":
+                self._skip()
+                return None
+            if mode == "copy":
+                for candidate in _copy_names(name):
+                    try:
+                        return os.open(candidate, _NEW_FILE, 0o600, dir_fd=dir_fd), candidate, None
+                    except FileExistsError:
+                        continue
+            while True:
+                tmp = self._tmp_name()
+                try:
+                    return os.open(tmp, _NEW_FILE, 0o600, dir_fd=dir_fd), name, tmp
+                except FileExistsError:
+                    continue
+        except OSError as exc:
+            self._fail_file(rel, exc.strerror or str(exc))
+            return None
+
+    def _write_file(self, dir_fd: int, name: bytes, rel: str, node: Node, acl: bool) -> int | None:
+        """Write one file; returns its byte count, or None when it was not restored."""
+        created = self._create(dir_fd, name, rel)
+        if created is None:
+            return None
+        fd, final, tmp = created
+        made = tmp if tmp is not None else final
+        try:
+            written = self._write_content(fd, node, rel)
+            problems = apply_metadata_fd(fd, node, owner=self.owner, clean=not acl)
+        except (KluisError, OSError) as exc:
+            os.close(fd)
+            try:
+                os.unlink(made, dir_fd=dir_fd)
+            except OSError:
+                pass
+            if isinstance(exc, KluisError):
+                self._warn(exc)
+                self._fail_file(rel, exc.message)
+            else:
+                self._fail_file(rel, exc.strerror or str(exc))
+            return None
+        os.close(fd)
+        if tmp is not None:
+            try:
+                os.rename(tmp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except OSError as exc:
+                try:
+                    os.unlink(tmp, dir_fd=dir_fd)
+                except OSError:
+                    pass
+                self._fail_file(rel, exc.strerror or str(exc))
+                return None
+        if node.nlink:
+            self._final[rel] = final
+        if problems:
+            self._fail_file(rel, "metadata: " + "; ".join(problems))
+        return written
+
     def _write_content(self, fd: int, node: Node, rel: str) -> int:
         pos = 0
+        index = self.repo.index
+        codec = self.repo.codec()
         for part in node.content or ():
             if self._should_stop():
                 raise KluisError("OperationCancelled", operation="restore")
             if isinstance(part, int):
                 pos += part  # a hole: leave it unallocated
                 continue
-            data = self.repo.load_blob_view(bytes.fromhex(part), where=f"/{rel}")
+            blob_id = bytes.fromhex(part)
+            entry = index.get(blob_id)
+            if entry is None:
+                raise KluisError("RepoBlobMissing", blob=part, where=f"/{rel}")
+            data = codec.decode_view(
+                entry.id,
+                entry.type,
+                entry.flags,
+                self._reader.read(entry),
+                entry.raw_length,
+                pack=entry.pack.hex(),
+            )
             view = memoryview(data)
             while view:
                 n = os.pwrite(fd, view, pos)
@@ -466,13 +527,124 @@ class Restorer:
             os.ftruncate(fd, node.size)  # a trailing hole needs the size set explicitly
         return pos
 
-    def _apply_dir_metadata(self) -> None:
-        # Deepest first, so setting a parent's mtime is not undone by work inside it.
-        for comps, node in reversed(self._dirs):
-            parent = self._open_path(comps[:-1])
-            if parent is None:
-                continue
+    # -- links, devices, FIFOs ------------------------------------------------------------
+
+    def _restore_special(
+        self, dir_fd: int, comps: list[bytes], name: bytes, rel: str, node: Node, acl: bool
+    ) -> None:
+        if node.type == HARDLINK:
+            linked = self._link(dir_fd, name, node, rel)
+            if linked is None:
+                return  # skipped
+            if linked:
+                with self._lock:
+                    self.progress.files += 1
+                return
+            # The first name is not part of this restore: write the content as a file of its own.
+            batch = _Batch()
+            batch.items.append((name, rel, node))
+            self._submit(dir_fd, batch, acl)
+            return
+
+        def make(at: bytes) -> None:
+            if node.type == SYMLINK:
+                os.symlink(os_name(node.target or ""), at, dir_fd=dir_fd)
+            elif node.type == FIFO:
+                os.mkfifo(at, 0o600, dir_fd=dir_fd)
+            elif node.type in (CHARDEV, BLOCKDEV):
+                kind = stat.S_IFCHR if node.type == CHARDEV else stat.S_IFBLK
+                os.mknod(at, 0o600 | kind, node.rdev or 0, dir_fd=dir_fd)
+
+        try:
+            final = self._make_at(dir_fd, name, make)
+        except OSError as exc:
+            self._fail_file(rel, exc.strerror or str(exc))
+            return
+        if final is None:
+            return
+        problems = apply_metadata(final, node, dir_fd, owner=self.owner)
+        if problems:
+            self._fail_file(rel, "metadata: " + "; ".join(problems))
+        with self._lock:
+            self.progress.files += 1
+
+    def _make_at(self, dir_fd: int, name: bytes, make: Callable[[bytes], None]) -> bytes | None:
+        """Create an entry with ``make`` under ``name``, by conflict mode; the name used, None if skipped.
+
+        ``make`` must fail with FileExistsError rather than replace or follow anything.
+        An overwrite creates a temporary name and renames it over the old entry.
+        """
+        try:
+            make(name)
+            return name
+        except FileExistsError:
+            pass
+        mode = self.options.conflict
+        if mode == "skip":
+            self._skip()
+            return None
+        if mode == "copy":
+            for candidate in _copy_names(name):
+                try:
+                    make(candidate)
+                    return candidate
+                except FileExistsError:
+                    continue
+        tmp = self._tmp_name()
+        make(tmp)
+        try:
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError:
             try:
-                self._metadata(parent, comps[-1], node, "/".join(os.fsdecode(c) for c in comps))
-            finally:
-                os.close(parent)
+                os.unlink(tmp, dir_fd=dir_fd)
+            except OSError:
+                pass
+            raise
+        return name
+
+    def _link(self, dir_fd: int, name: bytes, node: Node, rel: str) -> bool | None:
+        """Re-create a hard link to a file restored earlier in this run.
+
+        True when linked, False when the content must be written instead, None when skipped.
+        """
+        first = self._links.get(node.target or "")
+        if first is None:
+            return False
+        comps, written = first
+        written.result()  # the first name must exist before it can be linked to
+        first_name = self._final.get(node.target or "")
+        if first_name is None:
+            return False
+        src_fd = self._open_path(comps)
+        if src_fd is None:
+            return False
+
+        def make(at: bytes) -> None:
+            os.link(first_name, at, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+
+        try:
+            return True if self._make_at(dir_fd, name, make) is not None else None
+        except OSError:
+            return False
+        finally:
+            os.close(src_fd)
+
+    def _open_path(self, comps: list[bytes]) -> int | None:
+        """Open a directory below the target one component at a time, never following links."""
+        fd = os.dup(self._root_fd)
+        for comp in comps:
+            try:
+                nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                os.close(fd)
+                return None
+            os.close(fd)
+            fd = nfd
+        return fd
+
+
+def _copy_names(name: bytes) -> Iterator[bytes]:
+    """Names for keep-both mode: ``name.restored``, ``name.restored-2``, ..."""
+    yield name + b".restored"
+    for n in itertools.count(2):
+        yield name + b".restored-%d" % n
