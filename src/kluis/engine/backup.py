@@ -3,7 +3,13 @@
 The main thread walks the tree and builds directory listings; worker threads
 read, chunk, hash, compress and encrypt files (the C libraries release the GIL,
 so this runs on all cores). Files whose device, inode, size, mtime and ctime
-match the checksum store are neither read nor hashed.
+match the checksum store are neither read nor hashed, and their xattrs are not
+read either (any change to those moves the ctime).
+
+A folder is first listed and stat'ed as a whole. When a signature of its entries
+(names, the same five values, owners) matches the checksum store, its files need
+no further look; when in the end its subfolders' tree ids match as well, its
+stored tree id is reused without building, encoding or hashing the listing.
 
 Directories are finished in post-order from a FIFO, and only a bounded number of
 files is in flight, so memory does not grow with the size of the tree.
@@ -14,60 +20,61 @@ log; the recovery point is then "completed with warnings", not failed.
 
 from __future__ import annotations
 
-import errno
 import fnmatch
+import marshal
+import operator
 import os
 import re
 import socket
+import stat
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import blake3
+
 from kluis.catalog import KluisError, Severity
-from kluis.engine.checksum_store import ChecksumStore, decode_content
-from kluis.engine.chunker import MAX_SIZE, iter_chunks, make_chunker
+from kluis.engine.backup_read import Batch, Cancelled, FileOutcome, FileReader, Pending, file_error
+from kluis.engine.checksum_store import ChecksumStore, DirRow, FileRow, decode_content, decode_xattrs
 from kluis.engine.failed_files import FailedFilesLog
 from kluis.engine.format import BlobType
-from kluis.engine.metadata import node_from_stat, node_type
+from kluis.engine.metadata import group_name, node_from_stat, node_type, read_xattrs, user_name
 from kluis.engine.progress import Progress, ProgressCallback, Throttle
 from kluis.engine.repository import Repository
-from kluis.engine.trees import DIR, FILE, HARDLINK, Node, encode_tree, fs_name
+from kluis.engine.trees import (
+    BLOCKDEV,
+    CHARDEV,
+    DIR,
+    FIFO,
+    FILE,
+    HARDLINK,
+    SYMLINK,
+    Node,
+    encode_tree,
+    fs_name,
+)
 from kluis.engine.tuning import tune_allocator
 
-# errno values meaning "the data lives elsewhere and did not arrive" (network/FUSE/on-demand files).
-_OFFLINE_ERRNOS = {
-    errno.ENOTCONN,
-    errno.ETIMEDOUT,
-    errno.EHOSTDOWN,
-    errno.EHOSTUNREACH,
-    errno.ENOMEDIUM,
-    errno.ESTALE,
-    errno.ECONNABORTED,
-    errno.ECONNRESET,
-    errno.ENETDOWN,
-    errno.ENETUNREACH,
-    errno.EREMOTEIO,
-}
 _MAX_IN_FLIGHT = 256
 _MAX_PENDING_DIRS = 1024
-_READ_BUFFER = 2 * MAX_SIZE + 1024 * 1024
-
-
-def file_error(exc: OSError, path: str) -> KluisError:
-    """The catalog warning for an OS error met while reading one file."""
-    reason = exc.strerror or str(exc)
-    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        return KluisError("0x80070002", path=path, reason=reason)
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EAGAIN, errno.EBUSY, errno.ETXTBSY):
-        return KluisError("0x80070005", path=path, reason=reason)
-    if exc.errno in _OFFLINE_ERRNOS:
-        return KluisError("0x8007018b", path=path, reason=reason)
-    return KluisError("0x80070570", path=path, reason=reason)
+# Small files go to the workers in batches: one task per this many files or bytes.
+_BATCH_FILES = 48
+_BATCH_BYTES = 4 * 1024 * 1024
+_TYPES = {
+    stat.S_IFREG: FILE,
+    stat.S_IFDIR: DIR,
+    stat.S_IFLNK: SYMLINK,
+    stat.S_IFIFO: FIFO,
+    stat.S_IFCHR: CHARDEV,
+    stat.S_IFBLK: BLOCKDEV,
+}
+_NAME = operator.attrgetter("name")
+_NO_TREE = bytes(32)  # a mount point left out with --one-file-system: no subtree
 
 
 @dataclass
@@ -122,35 +129,54 @@ class ExclusionRules:
         return self._path_re is not None and self._path_re.match(path) is not None
 
 
-@dataclass
-class _FileOutcome:
-    content: list[str | int]
-    st: os.stat_result
-    error: KluisError | None = None
-    changed: bool = False
-
-
-@dataclass
-class _Pending:
-    """A file whose content a worker is producing (or, for a hard link, another name's)."""
-
-    node: Node
-    path: bytes
-    future: Future[_FileOutcome] | None = None
-    outcome: _FileOutcome | None = None
-    source: _Pending | Node | None = None
-
-
-@dataclass
+@dataclass(slots=True)
 class _DirJob:
-    node: Node
+    """A folder between being listed and having its tree id."""
+
+    node: Node | None
     path: bytes
-    items: list[Node | _Pending | _DirJob] = field(default_factory=list)
+    # Built as the walk goes (a folder whose entries changed): nodes, files, subfolders.
+    items: list[Node | Pending | _DirJob] = field(default_factory=list)
+    refs: list[bytes] = field(default_factory=list)
+    # A folder whose entries match the checksum store: what was listed, its subfolders.
+    scanned: list[tuple[bytes, os.stat_result, str]] = field(default_factory=list)
+    kids: list[_DirJob | None] = field(default_factory=list)
+    row: DirRow | None = None
+    row_refs: list[bytes] = field(default_factory=list)
+    # The entries' signature; None when this folder's tree must not be remembered.
+    flat: bytes | None = None
     tree_id: bytes | None = None
 
 
-class _Cancelled(Exception):
-    """Raised inside the walk and the workers; run() turns it into OperationCancelled."""
+def _kids_sig(kids: list[bytes]) -> bytes:
+    return blake3.blake3(b"".join(kids)).digest()[:16]
+
+
+def _split_ids(data: bytes) -> list[bytes]:
+    return [data[i : i + 32] for i in range(0, len(data), 32)]
+
+
+def _hex_content(content: list[bytes | int]) -> list[str | int]:
+    return [c.hex() if isinstance(c, bytes) else c for c in content]
+
+
+def file_node(name: str, st: os.stat_result, xattrs: dict[str, str] | None) -> Node:
+    """The node of a regular file, as :func:`node_from_stat` builds it, with known xattrs."""
+    uid, gid = st.st_uid, st.st_gid
+    return Node(
+        name=name,
+        type=FILE,
+        mode=st.st_mode & 0o7777,
+        uid=uid,
+        gid=gid,
+        user=user_name(uid),
+        group=group_name(gid),
+        mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+        size=st.st_size,
+        xattrs=xattrs,
+        nlink=st.st_nlink if st.st_nlink > 1 else None,
+    )
 
 
 class FileBackup:
@@ -175,99 +201,20 @@ class FileBackup:
         self._report = Throttle(progress)
         self.failed = FailedFilesLog(failed_log)
         self._should_stop = should_stop or (lambda: False)
-        self._local = threading.local()
         self._lock = threading.Lock()
+        self.reader = FileReader(repo, self.progress, self._lock, self._should_stop)
         self._refs: set[bytes] = set()
         self._pending_dirs: deque[_DirJob] = deque()
+        self._batch = Batch()
         self._in_flight = 0
-        self._unsettled: deque[_Pending] = deque()
-        self._hardlinks: dict[tuple[int, int], tuple[str, _Pending | Node]] = {}
+        self._unsettled: deque[Pending] = deque()
+        self._hardlinks: dict[tuple[int, int], tuple[str, Pending | Node]] = {}
         self._root_dev: int | None = None
-        self._known: dict[bytes, tuple[int, int, int, int, int, bytes]] = {}
+        self._dir_rows: dict[bytes, DirRow] = {}
+        self._stale: list[bytes] = []
         self.dirs = 0
         self.files_read = 0
         self.errors: list[KluisError] = []
-
-    # -- worker side ------------------------------------------------------------------
-
-    def _thread_state(self) -> tuple[Any, bytearray]:
-        state = getattr(self._local, "state", None)
-        if state is None:
-            state = (make_chunker(self.repo.keys.chunker_seed), bytearray(_READ_BUFFER))
-            self._local.state = state
-        return state  # type: ignore[no-any-return]
-
-    def _store_chunks(self, fd: int, start: int, end: int | None, content: list[str | int]) -> None:
-        chunker, buf = self._thread_state()
-        codec = self.repo.codec()
-        pos = start
-
-        def readinto(view: memoryview) -> int:
-            nonlocal pos
-            want = len(view) if end is None else min(len(view), end - pos)
-            if want <= 0:
-                return 0
-            n = os.preadv(fd, [view[:want]], pos)
-            pos += n
-            return n
-
-        for chunk in iter_chunks(chunker, readinto, buf):
-            if self._should_stop():
-                raise _Cancelled
-            blob_id = codec.chunk_id(chunk)
-            length = len(chunk)
-            if self.repo.index.reserve(blob_id):
-                self.repo.writer().add(blob_id, BlobType.DATA, chunk)
-                with self._lock:
-                    self.progress.new_bytes += length
-            content.append(blob_id.hex())
-            with self._lock:
-                self.progress.bytes += length
-
-    def _read_file(self, path: bytes) -> _FileOutcome:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-        try:
-            try:
-                fd = os.open(path, flags | os.O_NOATIME)
-            except PermissionError:
-                fd = os.open(path, flags)  # O_NOATIME needs ownership or root
-        except OSError as exc:
-            return _FileOutcome([], os.stat_result((0,) * 10), file_error(exc, os.fsdecode(path)))
-        try:
-            st = os.fstat(fd)
-            content: list[str | int] = []
-            try:
-                if st.st_size and st.st_blocks * 512 < st.st_size:
-                    self._read_sparse(fd, st.st_size, content)
-                else:
-                    self._store_chunks(fd, 0, None, content)
-            except OSError as exc:
-                return _FileOutcome([], st, file_error(exc, os.fsdecode(path)))
-            after = os.fstat(fd)
-            changed = (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns)
-            return _FileOutcome(content, after, None, changed)
-        finally:
-            os.close(fd)
-
-    def _read_sparse(self, fd: int, size: int, content: list[str | int]) -> None:
-        """Store only the data extents; holes become plain lengths in the content list."""
-        pos = 0
-        while pos < size:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno != errno.ENXIO:
-                    raise
-                data = size  # no more data: the rest is a hole
-            if data > pos:
-                content.append(data - pos)
-                with self._lock:
-                    self.progress.bytes += data - pos
-            if data >= size:
-                break
-            hole = os.lseek(fd, data, os.SEEK_HOLE)
-            self._store_chunks(fd, data, hole, content)
-            pos = hole
 
     # -- walking ------------------------------------------------------------------------
 
@@ -282,92 +229,168 @@ class FileBackup:
             os.path.lexists(os.path.join(path, os.fsencode(m))) for m in self.options.exclude_if_present
         )
 
-    def _add_file(self, job: _DirJob, node: Node, path: bytes, st: os.stat_result) -> None:
+    def _walk(self, path: bytes, node: Node | None) -> _DirJob:
+        """List and stat a folder, then either walk only its subfolders or build it anew."""
+        job = _DirJob(node, path)
+        steady = True
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=_NAME)
+        except OSError as exc:
+            self._warn(file_error(exc, os.fsdecode(path)), os.fsdecode(path))
+            entries = []
+            steady = False
+        if self._should_stop():
+            raise Cancelled
+        rules = self.rules if self.rules.active else None
+        markers = self.options.exclude_if_present
+        scanned = job.scanned
+        parts: list[tuple[Any, ...]] = []
+        for entry in entries:
+            raw = entry.name
+            if rules is not None and rules.excluded(os.fsdecode(entry.path), fs_name(raw)):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                full = os.fsdecode(entry.path)
+                self._warn(file_error(exc, full), full)
+                steady = False
+                continue
+            ntype = _TYPES.get(st.st_mode & 0o170000)
+            if ntype is None:
+                full = os.fsdecode(entry.path)
+                self._warn(KluisError("SpecialFileSkipped", path=full), full)
+                steady = False
+                continue
+            if ntype == DIR:
+                if markers and self._has_marker(entry.path):
+                    continue
+            elif ntype == FILE and st.st_nlink > 1:
+                steady = False  # a hard link's node depends on which name this run saw first
+            scanned.append((raw, st, ntype))
+            parts.append(
+                (raw, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_uid, st.st_gid)
+            )
+        if self.cache is not None and steady:
+            owners = sorted({p[6:] for p in parts})
+            names = [(user_name(u), group_name(g)) for u, g in owners]
+            # marshal is a fast, exact serialisation; a Python upgrade may change its bytes,
+            # which costs one slower run, never a wrong match.
+            job.flat = blake3.blake3(marshal.dumps((parts, names), 2)).digest()[:16]
+            row = self._dir_rows.pop(path, None)
+            if row is not None and row[0] == job.flat:
+                index = self.repo.index
+                ids = _split_ids(row[3])
+                # Garbage collection may have removed what an old tree points at.
+                if row[2] in index and index.contains_all(ids):
+                    job.row = row
+                    job.row_refs = ids
+        if job.row is not None:
+            self._walk_known(job)
+        else:
+            self._walk_changed(job)
+        self._pending_dirs.append(job)
+        self._drain()
+        return job
+
+    def _walk_known(self, job: _DirJob) -> None:
+        """A folder whose entries are as recorded: only its subfolders need a look."""
+        files = size = 0
+        one_fs = self.options.one_file_system
+        for raw, st, ntype in job.scanned:
+            if ntype == DIR:
+                if one_fs and st.st_dev != self._root_dev:
+                    job.kids.append(None)
+                else:
+                    job.kids.append(self._walk(os.path.join(job.path, raw), None))
+            else:
+                files += 1
+                if ntype == FILE:
+                    size += st.st_size
+        self.progress.files += files
+        self.progress.bytes += size
+
+    def _walk_changed(self, job: _DirJob) -> None:
+        """Build the nodes of a folder whose entries differ from the checksum store."""
+        scanned, job.scanned = job.scanned, []
+        known = self.cache.lookup_dir(job.path.rstrip(b"/")) if self.cache is not None else {}
+        one_fs = self.options.one_file_system
+        for raw, st, ntype in scanned:
+            full = os.path.join(job.path, raw)
+            name = fs_name(raw)
+            if ntype == FILE:
+                self._add_file(job, name, full, st, known.get(raw))
+                self._drain()
+                continue
+            try:
+                child = node_from_stat(name, st, ntype, full)
+            except OSError as exc:
+                self._warn(file_error(exc, os.fsdecode(full)), os.fsdecode(full))
+                job.flat = None
+                continue
+            if ntype == DIR:
+                if one_fs and st.st_dev != self._root_dev:
+                    job.items.append(child)  # keep the mount point itself, not what is mounted on it
+                    continue
+                job.items.append(self._walk(full, child))
+            else:
+                job.items.append(child)
+                self.progress.files += 1
+
+    def _add_file(
+        self, job: _DirJob, name: str, path: bytes, st: os.stat_result, row: FileRow | None
+    ) -> None:
         key = (st.st_dev, st.st_ino)
         rel = os.fsdecode(path).lstrip("/")
         if st.st_nlink > 1:
             first = self._hardlinks.get(key)
             if first is not None:
                 # A second name of an inode already in this point: link to it, store nothing again.
+                node = file_node(name, st, read_xattrs(path))
                 node.type = HARDLINK
                 node.target = first[0]
-                job.items.append(_Pending(node, path, source=first[1]))
+                job.items.append(Pending(node, path, source=first[1]))
                 self.progress.files += 1
                 return
-        cached = None
-        known = self._known.get(path.rpartition(b"/")[2]) if self._known else None
-        if known is not None and known[:5] == (
-            st.st_dev,
-            st.st_ino,
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-        ):
-            cached = decode_content(known[5])
-            index = self.repo.index
-            if not all(bytes.fromhex(c) in index for c in cached if isinstance(c, str)):
-                cached = None
-        if cached is not None:
-            node.content = cached
-            self.progress.files += 1
-            self.progress.bytes += st.st_size
-            item: Node | _Pending = node
-            job.items.append(node)
-        else:
-            pending = _Pending(node, path, self._pool.submit(self._read_file, path))
-            self._in_flight += 1
-            self._unsettled.append(pending)
-            self.files_read += 1
-            item = pending
-            job.items.append(item)
+        item: Node | Pending
+        if row is not None and row[:5] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            content = decode_content(row[5])
+            ids = [c for c in content if isinstance(c, bytes)]
+            if self.repo.index.contains_all(ids):
+                item = file_node(name, st, decode_xattrs(row[6]))
+                item.content = _hex_content(content)
+                job.refs.extend(ids)
+                job.items.append(item)
+                self.progress.files += 1
+                self.progress.bytes += st.st_size
+                if st.st_nlink > 1:
+                    self._hardlinks[key] = (rel, item)
+                return
+        item = Pending(file_node(name, st, None), path)
+        self._queue(item, st.st_size)
+        job.items.append(item)
+        self.files_read += 1
         if st.st_nlink > 1:
             self._hardlinks[key] = (rel, item)
 
-    def _walk(self, path: bytes, node: Node) -> _DirJob:
-        job = _DirJob(node, path)
-        try:
-            entries = sorted(os.scandir(path), key=lambda e: e.name)
-        except OSError as exc:
-            self._warn(file_error(exc, os.fsdecode(path)), os.fsdecode(path))
-            entries = []
-        if self._should_stop():
-            raise _Cancelled
-        # What the checksum store knows about this directory, in one query.
-        self._known = self.cache.lookup_dir(path.rstrip(b"/") or b"") if self.cache is not None else {}
-        has_rules = self.rules.active
-        for entry in entries:
-            full = entry.path
-            name = fs_name(entry.name)
-            if has_rules and self.rules.excluded(os.fsdecode(full), name):
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-                ntype = node_type(st)
-                if ntype is None:
-                    self._warn(KluisError("SpecialFileSkipped", path=os.fsdecode(full)), os.fsdecode(full))
-                    continue
-                child = node_from_stat(name, st, ntype, full)
-            except OSError as exc:
-                self._warn(file_error(exc, os.fsdecode(full)), os.fsdecode(full))
-                continue
-            if ntype == DIR:
-                if self.options.exclude_if_present and self._has_marker(full):
-                    continue
-                if self.options.one_file_system and st.st_dev != self._root_dev:
-                    job.items.append(child)  # keep the mount point itself, not what is mounted on it
-                    continue
-                known = self._known
-                job.items.append(self._walk(full, child))
-                self._known = known
-            elif ntype == FILE:
-                self._add_file(job, child, full, st)
-            else:
-                job.items.append(child)
-                self.progress.files += 1
-            self._drain()
-        self._pending_dirs.append(job)
-        self._drain()
-        return job
+    # -- handing files to the workers ------------------------------------------------------
+
+    def _queue(self, item: Pending, size: int) -> None:
+        batch = self._batch
+        batch.items.append(item)
+        batch.bytes += size
+        item.batch = batch
+        self._in_flight += 1
+        self._unsettled.append(item)
+        if len(batch.items) >= _BATCH_FILES or batch.bytes >= _BATCH_BYTES:
+            self._submit()
+
+    def _submit(self) -> None:
+        batch = self._batch
+        if batch.items:
+            batch.future = self._pool.submit(self.reader.read_batch, [p.path for p in batch.items])
+            self._batch = Batch()
 
     def _drain(self, everything: bool = False) -> None:
         while self._pending_dirs and (
@@ -376,74 +399,168 @@ class FileBackup:
             self._finish_dir(self._pending_dirs.popleft())
         # A huge directory has no finished subdirectory to hand back: wait for its oldest
         # files instead, so the queue of work (and its memory) stays bounded.
-        while self._in_flight > _MAX_IN_FLIGHT and self._unsettled:
-            self._settle(self._unsettled.popleft())
+        unsettled = self._unsettled
+        while unsettled and (unsettled[0].outcome is not None or self._in_flight > _MAX_IN_FLIGHT):
+            self._settle(unsettled.popleft())
         self._report(self.progress)
 
-    def _settle(self, item: _Pending) -> _FileOutcome:
+    def _settle(self, item: Pending) -> FileOutcome:
         """The outcome of a file, waiting for its worker if needed; frees the future."""
         if item.outcome is None:
-            if item.source is not None:
-                src = item.source
-                item.outcome = (
-                    self._settle(src)
-                    if isinstance(src, _Pending)
-                    else _FileOutcome(list(src.content or []), os.stat_result((0,) * 10))
-                )
+            src = item.source
+            if isinstance(src, Pending):
+                item.outcome = self._settle(src)
+            elif src is not None:
+                content = [bytes.fromhex(c) if isinstance(c, str) else c for c in src.content or ()]
+                item.outcome = FileOutcome(content, os.stat_result((0,) * 10))
             else:
-                assert item.future is not None
-                item.outcome = item.future.result()
-                item.future = None
-                self._in_flight -= 1
+                batch = item.batch
+                assert batch is not None
+                if batch.future is None:
+                    self._submit()  # still the batch being filled
+                assert batch.future is not None
+                outcomes = batch.future.result()
+                for p, outcome in zip(batch.items, outcomes, strict=True):
+                    p.outcome = outcome
+                    p.batch = None
+                self._in_flight -= len(batch.items)
+                batch.items = []
+                batch.future = None
+        assert item.outcome is not None
         return item.outcome
 
+    # -- finishing folders ----------------------------------------------------------------
+
+    def _resolve(self, item: Pending, refs: list[bytes]) -> tuple[Node | None, bool]:
+        """A read file's node (None when it failed) and whether it may be remembered."""
+        outcome = self._settle(item)
+        node = item.node
+        if outcome.error is not None:
+            if node.type != HARDLINK:  # the first name already reported it
+                self._warn(outcome.error, os.fsdecode(item.path))
+            return None, False
+        steady = not outcome.unsteady
+        if node.type != HARDLINK:
+            self.progress.files += 1
+            if outcome.changed:
+                path = os.fsdecode(item.path)
+                self._warn(KluisError("FileChangedWhileReading", path=path), path)
+            st = outcome.st
+            node.size = st.st_size
+            node.mtime_ns = st.st_mtime_ns
+            node.ctime_ns = st.st_ctime_ns
+            node.xattrs = outcome.xattrs
+            if self.cache is not None and steady:
+                self.cache.record(
+                    item.path,
+                    st.st_dev,
+                    st.st_ino,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    outcome.content,
+                    outcome.xattrs,
+                )
+        node.content = _hex_content(outcome.content)
+        refs.extend(c for c in outcome.content if isinstance(c, bytes))
+        return node, steady
+
     def _finish_dir(self, job: _DirJob) -> None:
-        nodes: list[Node] = []
-        for item in job.items:
-            if isinstance(item, _DirJob):
-                assert item.tree_id is not None, "directories finish children first"
-                item.node.subtree = item.tree_id.hex()
-                nodes.append(item.node)
-            elif isinstance(item, _Pending):
-                outcome = self._settle(item)
-                if outcome.error is not None:
-                    if item.node.type != HARDLINK:  # the first name already reported it
-                        self._warn(outcome.error, os.fsdecode(item.path))
-                    continue
-                if item.node.type != HARDLINK:
-                    self.progress.files += 1
-                    if outcome.changed:
-                        self._warn(
-                            KluisError("FileChangedWhileReading", path=os.fsdecode(item.path)),
-                            os.fsdecode(item.path),
-                        )
-                    st = outcome.st
-                    item.node.size = st.st_size
-                    item.node.mtime_ns = st.st_mtime_ns
-                    item.node.ctime_ns = st.st_ctime_ns
-                    if self.cache is not None and not outcome.changed:
-                        self.cache.record(
-                            item.path,
-                            st.st_dev,
-                            st.st_ino,
-                            st.st_size,
-                            st.st_mtime_ns,
-                            st.st_ctime_ns,
-                            outcome.content,
-                        )
-                item.node.content = outcome.content
-                nodes.append(item.node)
+        if job.row is not None:
+            kids = [k.tree_id if k is not None and k.tree_id else _NO_TREE for k in job.kids]
+            if _kids_sig(kids) == job.row[1]:
+                # Nothing in or below this folder changed: its stored tree is this tree.
+                job.tree_id = job.row[2]
+                self._refs.add(job.tree_id)
+                self._refs.update(job.row_refs)
             else:
-                nodes.append(item)
-        for n in nodes:
-            if n.content:
-                self._refs.update(bytes.fromhex(c) for c in n.content if isinstance(c, str))
-        job.tree_id = self.repo.save_blob(BlobType.TREE, encode_tree(nodes))
-        self._refs.add(job.tree_id)
+                self._rebuild(job, kids)
+        else:
+            self._finish_changed(job)
         # The parent keeps this job only for its tree id: drop the nodes and futures now,
         # or a whole tree's worth of them would stay in memory until the root is done.
         job.items = []
+        job.kids = []
+        job.scanned = []
+        job.refs = []
+        job.row_refs = []
+        job.row = None
         self.dirs += 1
+
+    def _finish_changed(self, job: _DirJob) -> None:
+        nodes: list[Node] = []
+        kids: list[bytes] = []
+        refs = job.refs
+        for item in job.items:
+            if isinstance(item, _DirJob):
+                assert item.tree_id is not None and item.node is not None, "directories finish children first"
+                item.node.subtree = item.tree_id.hex()
+                nodes.append(item.node)
+                kids.append(item.tree_id)
+            elif isinstance(item, Pending):
+                node, steady = self._resolve(item, refs)
+                if not steady:
+                    job.flat = None
+                if node is not None:
+                    nodes.append(node)
+            else:
+                if item.type == DIR:
+                    kids.append(_NO_TREE)
+                nodes.append(item)
+        self._save_tree(job, nodes, kids, refs)
+
+    def _rebuild(self, job: _DirJob, kids: list[bytes]) -> None:
+        """Build the tree of a folder whose entries are as recorded but a subfolder changed."""
+        assert self.cache is not None
+        known = self.cache.lookup_dir(job.path.rstrip(b"/"))
+        nodes: list[Node] = []
+        refs: list[bytes] = []
+        kid_ids = iter(kids)
+        index = self.repo.index
+        for raw, st, ntype in job.scanned:
+            full = os.path.join(job.path, raw)
+            name = fs_name(raw)
+            if ntype == FILE:
+                row = known.get(raw)
+                key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                content = decode_content(row[5]) if row is not None and row[:5] == key else None
+                ids = [c for c in content or () if isinstance(c, bytes)]
+                if content is None or not index.contains_all(ids):
+                    # The store lost this file's row: read it now (rare, so one at a time).
+                    self.progress.files -= 1  # counted at listing; counted again when resolved
+                    with self._lock:
+                        self.progress.bytes -= st.st_size
+                    pending = Pending(file_node(name, st, None), full)
+                    self._queue(pending, st.st_size)
+                    self.files_read += 1
+                    node, steady = self._resolve(pending, refs)
+                    if not steady:
+                        job.flat = None
+                    if node is not None:
+                        nodes.append(node)
+                    continue
+                node = file_node(name, st, decode_xattrs(row[6]) if row is not None else None)
+                node.content = _hex_content(content)
+                refs.extend(ids)
+            else:
+                kid = next(kid_ids) if ntype == DIR else None
+                try:
+                    node = node_from_stat(name, st, ntype, full)
+                except OSError as exc:
+                    self._warn(file_error(exc, os.fsdecode(full)), os.fsdecode(full))
+                    job.flat = None
+                    continue
+                if kid is not None and kid != _NO_TREE:
+                    node.subtree = kid.hex()
+            nodes.append(node)
+        self._save_tree(job, nodes, kids, refs)
+
+    def _save_tree(self, job: _DirJob, nodes: list[Node], kids: list[bytes], refs: list[bytes]) -> None:
+        job.tree_id = tree_id = self.repo.save_blob(BlobType.TREE, encode_tree(nodes))
+        self._refs.add(tree_id)
+        self._refs.update(refs)
+        if self.cache is not None and job.flat is not None:
+            self.cache.record_dir(job.path, job.flat, _kids_sig(kids), tree_id, b"".join(refs))
 
     # -- the run ------------------------------------------------------------------------
 
@@ -463,12 +580,13 @@ class FileBackup:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self.repo.index.forget_pending()
             self.failed.close()
-            if isinstance(exc, _Cancelled):
+            if isinstance(exc, Cancelled):
                 # Nothing was committed: packs already uploaded are reused by the next run.
                 raise KluisError("OperationCancelled", operation="backup") from None
             raise
         self._pool.shutdown(wait=True)
         if self.cache is not None:
+            self.cache.forget_dirs(self._stale)
             self.cache.commit()
         self.failed.close()
         status = "completed_with_warnings" if self.progress.warnings else "completed"
@@ -533,8 +651,11 @@ class FileBackup:
     def _level_tree(self, parent: bytes, level: dict[str, Any]) -> bytes:
         if "" in level:  # the whole file system root was asked for
             self._root_dev = os.lstat("/").st_dev
+            self._dir_rows = self.cache.dir_rows(b"/") if self.cache is not None else {}
             job = self._walk(b"/", Node(name="", type=DIR))
             self._drain(everything=True)
+            self._stale.extend(self._dir_rows)
+            self._dir_rows = {}
             assert job.tree_id is not None
             return job.tree_id
         nodes: list[Node] = []
@@ -549,37 +670,34 @@ class FileBackup:
                 node.subtree = self._level_tree(path, sub).hex()
             elif ntype == DIR:
                 self._root_dev = st.st_dev
+                self._dir_rows = self.cache.dir_rows(path) if self.cache is not None else {}
                 job = self._walk(path, node)
                 self._drain(everything=True)
+                self._stale.extend(self._dir_rows)  # rows of folders this walk did not meet
+                self._dir_rows = {}
                 assert job.tree_id is not None
                 node.subtree = job.tree_id.hex()
             elif ntype == FILE:
-                holder = _DirJob(Node(name="", type=DIR), parent)
-                if self.cache is not None:
-                    self._known = self.cache.lookup_dir(parent.rstrip(b"/"))
-                self._add_file(holder, node, path, st)
-                self._finish_items_only(holder)
-                if not holder.items:
+                holder = _DirJob(None, parent)
+                known = self.cache.lookup_dir(parent.rstrip(b"/")) if self.cache is not None else {}
+                self._add_file(holder, name, path, st, known.get(os.fsencode(name)))
+                single = self._finish_single(holder)
+                if single is None:
                     continue  # unreadable: already in the failed-files log
-                node = holder.items[0] if isinstance(holder.items[0], Node) else node
+                node = single
             nodes.append(node)
         tree_id = self.repo.save_blob(BlobType.TREE, encode_tree(nodes))
         self._refs.add(tree_id)
         return tree_id
 
-    def _finish_items_only(self, holder: _DirJob) -> None:
+    def _finish_single(self, holder: _DirJob) -> Node | None:
         """Resolve the single file of a source that is a file, not a directory."""
         item = holder.items[0]
-        if isinstance(item, _Pending):
-            outcome = self._settle(item)
-            if outcome.error is not None:
-                self._warn(outcome.error, os.fsdecode(item.path))
-                holder.items = []
-                return
-            self.progress.files += 1
-            item.node.content = outcome.content
-            item.node.size = outcome.st.st_size
-            holder.items = [item.node]
-        for c in holder.items[0].content or () if isinstance(holder.items[0], Node) else ():
-            if isinstance(c, str):
-                self._refs.add(bytes.fromhex(c))
+        refs = holder.refs
+        if isinstance(item, Pending):
+            node, _ = self._resolve(item, refs)
+        else:
+            assert isinstance(item, Node)
+            node = item
+        self._refs.update(refs)
+        return node

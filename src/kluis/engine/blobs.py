@@ -26,6 +26,7 @@ DEFAULT_LEVEL = 2
 _MIN_SAVING = 0.03
 # Sample size for the incompressibility probe of large chunks.
 _PROBE = 64 * 1024
+_NONCE_MASK = (1 << (8 * NONCE_SIZE)) - 1
 
 
 def compression_level() -> int:
@@ -44,6 +45,10 @@ class BlobCodec:
         self._probe_cctx = zstandard.ZstdCompressor(level=1)
         self._dctx = zstandard.ZstdDecompressor()
         self._plain = bytearray(1 << 20)
+        # Nonces: a random 96-bit start, then +1 per blob. Two codecs collide only if their
+        # ranges overlap, which is as unlikely as two random nonces meeting, and no blob
+        # pays for a getrandom call.
+        self._nonce = int.from_bytes(secrets.token_bytes(NONCE_SIZE), "little")
 
     def chunk_id(self, data: bytes | bytearray | memoryview) -> bytes:
         """Keyed BLAKE3-256 of the plaintext."""
@@ -78,7 +83,8 @@ class BlobCodec:
         ``out`` must hold at least :meth:`encoded_size_bound` bytes.
         """
         payload, flags = self._compress(data)
-        nonce = secrets.token_bytes(NONCE_SIZE)
+        self._nonce = (self._nonce + 1) & _NONCE_MASK
+        nonce = self._nonce.to_bytes(NONCE_SIZE, "little")
         out[:NONCE_SIZE] = nonce
         end = NONCE_SIZE + len(payload) + TAG_SIZE
         # encrypt_into wants a buffer of exactly ciphertext + tag bytes.

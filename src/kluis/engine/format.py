@@ -188,14 +188,19 @@ def encode_index(entries: Iterable[IndexEntry]) -> bytes:
 
 def decode_index(name: str, data: bytes) -> Iterator[IndexEntry]:
     """Entries of an index file; RepoIndexCorrupt when it cannot be parsed."""
+    for t in decode_index_rows(name, data):
+        yield IndexEntry(*t)
+
+
+def decode_index_rows(name: str, data: bytes) -> Iterator[tuple[bytes, bytes, int, int, int, int, int]]:
+    """Entries of an index file as plain tuples (id, pack, type, flags, offset, length, raw_length)."""
     try:
         body = zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 31)
     except zstandard.ZstdError as exc:
         raise KluisError("RepoIndexCorrupt", name=name, reason=str(exc)) from None
     if not body.startswith(INDEX_MAGIC) or (len(body) - len(INDEX_MAGIC)) % INDEX_ENTRY_SIZE:
         raise KluisError("RepoIndexCorrupt", name=name, reason="bad header or length")
-    for t in _INDEX_ENTRY.iter_unpack(memoryview(body)[len(INDEX_MAGIC) :]):
-        yield IndexEntry(*t)
+    return _INDEX_ENTRY.iter_unpack(memoryview(body)[len(INDEX_MAGIC) :])
 
 
 def encode_refs(ids: Iterable[bytes]) -> bytes:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from kluis.catalog import KluisError
-from kluis.engine.format import IndexEntry, decode_index, encode_index, index_name, object_id
+from kluis.engine.format import IndexEntry, decode_index_rows, encode_index, index_name, object_id
 from kluis.stores import Store
 
 
@@ -50,6 +50,10 @@ class Index:
             (v >> 8) & 0xFFFFFFFF,
         )
 
+    def contains_all(self, blob_ids: Iterable[bytes]) -> bool:
+        """Whether every one of ``blob_ids`` is stored (a set comparison, done in C)."""
+        return self._entries.keys() >= set(blob_ids)
+
     def get(self, blob_id: bytes) -> IndexEntry | None:
         """Where a blob lives, or None."""
         v = self._entries.get(blob_id)
@@ -84,6 +88,27 @@ class Index:
                 self._entries.setdefault(e.id, packed)
                 self._pending.discard(e.id)
 
+    def _add_raw(self, rows: Iterable[tuple[bytes, bytes, int, int, int, int, int]]) -> None:
+        """Like :meth:`add` for rows straight out of an index file (no entry objects).
+
+        Loading runs for every backup; building an IndexEntry per blob was most of its time.
+        """
+        entries = self._entries
+        packs = self._packs
+        pack_no = self._pack_no
+        with self._lock:
+            last_pack = b""
+            no = -1
+            for blob_id, pack, btype, flags, offset, length, raw in rows:
+                if pack != last_pack:
+                    got = pack_no.get(pack)
+                    if got is None:
+                        got = pack_no[pack] = len(packs)
+                        packs.append(pack)
+                    no, last_pack = got, pack
+                if blob_id not in entries:
+                    entries[blob_id] = no << 104 | offset << 72 | length << 40 | raw << 8 | btype << 4 | flags
+
     def forget_pending(self) -> None:
         """Drop reservations of blobs that were never uploaded (after a failed backup)."""
         with self._lock:
@@ -105,7 +130,7 @@ class Index:
         names = sorted(current - self.loaded_files)
         for name in names:
             data = self._cached(store, name, cache_dir)
-            self.add(decode_index(name, data))
+            self._add_raw(decode_index_rows(name, data))
             self.loaded_files.add(name)
         return len(names)
 

@@ -295,7 +295,7 @@ class Repository:
         the point file is the commit, so a crash before it leaves only garbage.
         """
         self.flush()
-        missing = [r for r in refs if r not in self.index]
+        missing = [] if self.index.contains_all(refs) else [r for r in refs if r not in self.index]
         if missing:
             raise KluisError("RepoBlobMissing", blob=missing[0].hex(), where="the new recovery point")
         point_id = point_id or secrets.token_hex(16)
