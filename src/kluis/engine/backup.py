@@ -74,6 +74,7 @@ _TYPES = {
     stat.S_IFBLK: BLOCKDEV,
 }
 _NAME = operator.attrgetter("name")
+_OWNER = operator.itemgetter(6, 7)
 _NO_TREE = bytes(32)  # a mount point left out with --one-file-system: no subtree
 
 
@@ -139,7 +140,7 @@ class _DirJob:
     items: list[Node | Pending | _DirJob] = field(default_factory=list)
     refs: list[bytes] = field(default_factory=list)
     # A folder whose entries match the checksum store: what was listed, its subfolders.
-    scanned: list[tuple[bytes, os.stat_result, str]] = field(default_factory=list)
+    scanned: list[os.DirEntry[bytes]] = field(default_factory=list)
     kids: list[_DirJob | None] = field(default_factory=list)
     row: DirRow | None = None
     row_refs: list[bytes] = field(default_factory=list)
@@ -149,7 +150,9 @@ class _DirJob:
 
 
 def _kids_sig(kids: list[bytes]) -> bytes:
-    return blake3.blake3(b"".join(kids)).digest()[:16]
+    # Short lists are kept as they are (comparing them is cheaper than hashing); long ones hashed.
+    joined = b"".join(kids)
+    return joined if len(joined) <= 256 else blake3.blake3(joined).digest()
 
 
 def _split_ids(data: bytes) -> list[bytes]:
@@ -244,8 +247,11 @@ class FileBackup:
             raise Cancelled
         rules = self.rules if self.rules.active else None
         markers = self.options.exclude_if_present
-        scanned = job.scanned
+        # The hot loop of a no-change backup: one lstat and one tuple per entry, nothing more.
+        kept = job.scanned
+        dirs: list[os.DirEntry[bytes]] = []
         parts: list[tuple[Any, ...]] = []
+        size = 0
         for entry in entries:
             raw = entry.name
             if rules is not None and rules.excluded(os.fsdecode(entry.path), fs_name(raw)):
@@ -257,23 +263,26 @@ class FileBackup:
                 self._warn(file_error(exc, full), full)
                 steady = False
                 continue
-            ntype = _TYPES.get(st.st_mode & 0o170000)
-            if ntype is None:
+            fmt = st.st_mode & 0o170000
+            if fmt == stat.S_IFDIR:
+                if markers and self._has_marker(entry.path):
+                    continue
+                dirs.append(entry)
+            elif fmt == stat.S_IFREG:
+                size += st.st_size
+                if st.st_nlink > 1:
+                    steady = False  # a hard link's node depends on which name this run saw first
+            elif fmt not in _TYPES:
                 full = os.fsdecode(entry.path)
                 self._warn(KluisError("SpecialFileSkipped", path=full), full)
                 steady = False
                 continue
-            if ntype == DIR:
-                if markers and self._has_marker(entry.path):
-                    continue
-            elif ntype == FILE and st.st_nlink > 1:
-                steady = False  # a hard link's node depends on which name this run saw first
-            scanned.append((raw, st, ntype))
+            kept.append(entry)
             parts.append(
                 (raw, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_uid, st.st_gid)
             )
         if self.cache is not None and steady:
-            owners = sorted({p[6:] for p in parts})
+            owners = sorted(set(map(_OWNER, parts)))
             names = [(user_name(u), group_name(g)) for u, g in owners]
             # marshal is a fast, exact serialisation; a Python upgrade may change its bytes,
             # which costs one slower run, never a wrong match.
@@ -287,40 +296,34 @@ class FileBackup:
                     job.row = row
                     job.row_refs = ids
         if job.row is not None:
-            self._walk_known(job)
+            # Entries as recorded: only the subfolders need a look.
+            one_fs = self.options.one_file_system
+            kids = job.kids
+            for entry in dirs:
+                if one_fs and entry.stat(follow_symlinks=False).st_dev != self._root_dev:
+                    kids.append(None)
+                else:
+                    kids.append(self._walk(entry.path, None))
+            self.progress.files += len(kept) - len(dirs)
+            self.progress.bytes += size
         else:
             self._walk_changed(job)
         self._pending_dirs.append(job)
         self._drain()
         return job
 
-    def _walk_known(self, job: _DirJob) -> None:
-        """A folder whose entries are as recorded: only its subfolders need a look."""
-        files = size = 0
-        one_fs = self.options.one_file_system
-        for raw, st, ntype in job.scanned:
-            if ntype == DIR:
-                if one_fs and st.st_dev != self._root_dev:
-                    job.kids.append(None)
-                else:
-                    job.kids.append(self._walk(os.path.join(job.path, raw), None))
-            else:
-                files += 1
-                if ntype == FILE:
-                    size += st.st_size
-        self.progress.files += files
-        self.progress.bytes += size
-
     def _walk_changed(self, job: _DirJob) -> None:
         """Build the nodes of a folder whose entries differ from the checksum store."""
-        scanned, job.scanned = job.scanned, []
+        kept, job.scanned = job.scanned, []
         known = self.cache.lookup_dir(job.path.rstrip(b"/")) if self.cache is not None else {}
         one_fs = self.options.one_file_system
-        for raw, st, ntype in scanned:
-            full = os.path.join(job.path, raw)
-            name = fs_name(raw)
+        for entry in kept:
+            full = entry.path
+            name = fs_name(entry.name)
+            st = entry.stat(follow_symlinks=False)
+            ntype = _TYPES[st.st_mode & 0o170000]
             if ntype == FILE:
-                self._add_file(job, name, full, st, known.get(raw))
+                self._add_file(job, name, full, st, known.get(entry.name))
                 self._drain()
                 continue
             try:
@@ -517,11 +520,13 @@ class FileBackup:
         refs: list[bytes] = []
         kid_ids = iter(kids)
         index = self.repo.index
-        for raw, st, ntype in job.scanned:
-            full = os.path.join(job.path, raw)
-            name = fs_name(raw)
+        for entry in job.scanned:
+            full = entry.path
+            name = fs_name(entry.name)
+            st = entry.stat(follow_symlinks=False)
+            ntype = _TYPES[st.st_mode & 0o170000]
             if ntype == FILE:
-                row = known.get(raw)
+                row = known.get(entry.name)
                 key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                 content = decode_content(row[5]) if row is not None and row[:5] == key else None
                 ids = [c for c in content or () if isinstance(c, bytes)]
