@@ -85,3 +85,12 @@ def test_fingerprint_distinguishes_key_sets() -> None:
     a, b = MasterKeys.generate(), MasterKeys.generate()
     assert a.fingerprint() != b.fingerprint()
     assert MasterKeys.from_json(a.to_json()).fingerprint() == a.fingerprint()
+
+
+def test_registration_proof_is_stable_secret_and_not_the_fingerprint() -> None:
+    a, b = MasterKeys.generate(), MasterKeys.generate()
+    proof = a.registration_proof()
+    assert len(proof) == 64 and proof == MasterKeys.from_json(a.to_json()).registration_proof()
+    assert proof != b.registration_proof()
+    # Another derivation context: the public fingerprint is no prefix of it.
+    assert not proof.startswith(a.fingerprint())

@@ -254,6 +254,9 @@ class Agent:
     vault: VaultServer
     hostname: str = field(default_factory=lambda: f"host-{secrets.token_hex(4)}")
     fingerprint: str = field(default_factory=lambda: secrets.token_hex(16))
+    # Stands in for MasterKeys.registration_proof() of the agent's keys.
+    # (None: an older agent that sends no proof.)
+    proof: str | None = field(default_factory=lambda: secrets.token_hex(32))
     machine_id: str = ""
     token: str = ""
 
@@ -265,6 +268,7 @@ class Agent:
             "os": "Debian 12",
             "agent_version": extra.pop("agent_version", "0.1.0"),
             "key_fingerprint": self.fingerprint,
+            "key_proof": self.proof,
             "key_set": {
                 "id": "00aa11bb22cc33dd",
                 "body": f'{{"version": 1, "fingerprint": "{self.fingerprint}"}}',

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def test_reregistration_must_prove_the_same_key_set(vault: VaultServer) -> None:
     response = impostor.register()
     assert response.status_code == 403
     assert _code(response) == "MachineKeySetMismatch"
-    again = Agent(vault, hostname=agent.hostname, fingerprint=agent.fingerprint)
+    again = Agent(vault, hostname=agent.hostname, fingerprint=agent.fingerprint, proof=agent.proof)
     ok = again.register()
     assert ok.status_code == 200 and ok.json()["machine_id"] == machine_id
     # The old token was replaced.
@@ -105,6 +106,47 @@ def test_reregistration_must_prove_the_same_key_set(vault: VaultServer) -> None:
         json={"credentials": vault.credentials()["content"], "hostname": agent.hostname},
     )
     assert keys[0]["machine_id"] == machine_id
+
+
+def test_the_public_fingerprint_alone_cannot_take_a_machine_over(vault: VaultServer) -> None:
+    agent = Agent(vault).registered()
+    creds = vault.credentials()["content"]
+    # Anyone with vault credentials reads the key file, which names its fingerprint in clear.
+    keys = vault.ok(
+        "POST",
+        "/api/v1/machines/register/keys",
+        token="",
+        json={"credentials": creds, "hostname": agent.hostname},
+    )
+    public = json.loads(keys[0]["body"])["fingerprint"]
+    assert public == agent.fingerprint
+    for proof in (None, secrets.token_hex(32)):
+        thief = Agent(vault, hostname=agent.hostname, fingerprint=public, proof=proof)
+        response = thief.register(machine_id=agent.machine_id)
+        assert response.status_code == 403 and _code(response) == "MachineKeySetMismatch"
+    # An Operator token does not skip the proof either.
+    body = {"hostname": agent.hostname, "key_fingerprint": public, "key_proof": secrets.token_hex(32)}
+    response = vault.request(
+        "POST", "/api/v1/machines/register", token=vault.token_for("Operator"), json=body
+    )
+    assert response.status_code == 403 and _code(response) == "MachineKeySetMismatch"
+    # The machine's own token still works: nothing was taken over.
+    assert agent.heartbeat().status_code == 200
+    malformed = Agent(vault, hostname=agent.hostname, fingerprint=public, proof="xyz" * 21 + "x").register()
+    assert malformed.status_code == 422 and _code(malformed) == "ValidationFailed"
+
+
+def test_a_machine_registered_without_a_proof_keeps_the_first_proof_it_sends(vault: VaultServer) -> None:
+    old = Agent(vault, proof=None)
+    assert old.register().status_code == 200  # an older agent: no proof, fingerprint only
+    upgraded = Agent(vault, hostname=old.hostname, fingerprint=old.fingerprint)
+    assert upgraded.register().status_code == 200
+    # From now on the proof is needed.
+    again = Agent(vault, hostname=old.hostname, fingerprint=old.fingerprint)
+    response = again.register()
+    assert response.status_code == 403 and _code(response) == "MachineKeySetMismatch"
+    same = Agent(vault, hostname=old.hostname, fingerprint=old.fingerprint, proof=upgraded.proof)
+    assert same.register().status_code == 200
 
 
 def test_operator_token_registers_without_credentials(vault: VaultServer) -> None:
@@ -199,7 +241,9 @@ def test_machine_limit(make_vault: Callable[..., VaultServer]) -> None:
         assert third.json()["params"] == {"count": 2, "limit": 2}
         # Re-registering a known machine is not a new machine.
         assert (
-            Agent(small, hostname=second.hostname, fingerprint=second.fingerprint).register(creds).status_code
+            Agent(small, hostname=second.hostname, fingerprint=second.fingerprint, proof=second.proof)
+            .register(creds)
+            .status_code
             == 200
         )
         # Removing one frees a place.

@@ -142,8 +142,10 @@ def register(req: RegisterRequest) -> dict[str, Any]:
         where = f"machine {hostname} in vault {creds.vault_name}"
         if stored:
             key_id, wrapped, kek = _unwrap_existing(stored, passphrase, where)
+            keys = wrapped.unwrap(kek, repo=where)
         else:
-            wrapped, kek = wrap(MasterKeys.generate(), passphrase)
+            keys = MasterKeys.generate()
+            wrapped, kek = wrap(keys, passphrase)
             key_id = secrets.token_hex(8)
         key_body = wrapped.to_json().decode()
 
@@ -154,6 +156,8 @@ def register(req: RegisterRequest) -> dict[str, Any]:
             "os": os_description(),
             "agent_version": __version__,
             "key_fingerprint": wrapped.fingerprint,
+            # The fingerprint is public; this proves to the vault that we hold the keys.
+            "key_proof": keys.registration_proof(),
             "key_set": {"id": key_id, "body": key_body},
             "machine_id": stored[0]["machine_id"] if stored else machine_id,
             "credentials": creds_text,

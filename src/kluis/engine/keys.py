@@ -75,6 +75,17 @@ class MasterKeys:
         material = self.encryption_key + self.id_key + self.chunker_seed.to_bytes(8, "little")
         return blake3.blake3(material, derive_key_context="kluis 2026 key fingerprint").hexdigest()[:32]
 
+    def registration_proof(self) -> str:
+        """A secret only the holder of the keys can compute, for re-registering with a vault.
+
+        The fingerprint is public (it is in every key file and the vault shows it), so it
+        cannot prove anything. This value comes from the same keys under another derivation
+        context: knowing the fingerprint does not give it, and it does not give the keys.
+        The vault stores only its SHA-256.
+        """
+        material = self.encryption_key + self.id_key + self.chunker_seed.to_bytes(8, "little")
+        return blake3.blake3(material, derive_key_context="kluis 2026 registration proof").hexdigest()
+
     def to_json(self) -> bytes:
         """Serialized form (only ever stored encrypted)."""
         return json.dumps(

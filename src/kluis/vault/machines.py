@@ -10,6 +10,8 @@ the passphrase (or the KEK file) can take a machine's registration over.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import json
 import re
 from dataclasses import dataclass
@@ -45,6 +47,19 @@ class Registration:
     machine_id: str | None = None
     credentials: str | None = None
     credentials_name: str | None = None
+    key_proof: str | None = None
+
+
+def proof_hash(proof: str) -> str:
+    """What the vault keeps of a registration proof."""
+    return hashlib.sha256(proof.encode()).hexdigest()
+
+
+def _proof_matches(machine: Machine, reg: Registration) -> bool:
+    if machine.key_proof_hash is None:
+        return True  # registered before proofs (older agent): the fingerprint is all there is
+    offered = proof_hash(reg.key_proof) if reg.key_proof is not None else ""
+    return hmac.compare_digest(offered, machine.key_proof_hash)
 
 
 def _invalid(reason: str) -> KluisError:
@@ -58,6 +73,8 @@ def check_registration(reg: Registration) -> None:
     fp = reg.key_fingerprint
     if not (8 <= len(fp) <= 128 and _HEX.match(fp)):
         raise _invalid("key_fingerprint must be 8 to 128 lower-case hex digits")
+    if reg.key_proof is not None and not (len(reg.key_proof) == 64 and _HEX.match(reg.key_proof)):
+        raise _invalid("key_proof must be 64 lower-case hex digits")
     if (reg.key_id is None) != (reg.key_body is None):
         raise _invalid("key_set needs both id and body")
     if reg.key_id is not None and not _KEY_ID.match(reg.key_id):
@@ -160,8 +177,12 @@ def register(
         )
     now = utcnow()
     if existing is not None:
-        if existing.key_fingerprint != reg.key_fingerprint:
+        # Both checks always run and fail alike: the answer does not say which one failed.
+        same_fingerprint = hmac.compare_digest(existing.key_fingerprint, reg.key_fingerprint)
+        if not (_proof_matches(existing, reg) and same_fingerprint):
             raise KluisError("MachineKeySetMismatch", machine=existing.hostname, offered=reg.key_fingerprint)
+        if existing.key_proof_hash is None and reg.key_proof is not None:
+            existing.key_proof_hash = proof_hash(reg.key_proof)
         existing.hostname = reg.hostname
         existing.os = reg.os
         existing.agent_version = reg.agent_version
@@ -176,6 +197,7 @@ def register(
             os=reg.os,
             agent_version=reg.agent_version,
             key_fingerprint=reg.key_fingerprint,
+            key_proof_hash=proof_hash(reg.key_proof) if reg.key_proof is not None else None,
             registered_at=now,
         )
         session.add(machine)

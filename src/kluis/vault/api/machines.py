@@ -54,6 +54,13 @@ class RegisterRequest(BaseModel):
         max_length=128,
         description="Fingerprint of the unwrapped key set (MasterKeys.fingerprint())",
     )
+    key_proof: str | None = Field(
+        default=None,
+        min_length=64,
+        max_length=64,
+        description="MasterKeys.registration_proof() of the unwrapped key set: proves the passphrase"
+        " on re-registration (the fingerprint is public). The vault keeps only its SHA-256.",
+    )
     key_set: KeySetIn | None = None
     machine_id: str | None = Field(
         default=None, max_length=32, description="The id of an earlier registration"
@@ -106,6 +113,7 @@ def register(
         os=body.os,
         agent_version=body.agent_version,
         key_fingerprint=body.key_fingerprint,
+        key_proof=body.key_proof,
         key_id=body.key_set.id if body.key_set else None,
         key_body=body.key_set.body if body.key_set else None,
         machine_id=body.machine_id,

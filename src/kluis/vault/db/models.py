@@ -107,6 +107,9 @@ class Machine(Base):
     os: Mapped[str] = mapped_column(String(200), default="")
     agent_version: Mapped[str] = mapped_column(String(50), default="")
     key_fingerprint: Mapped[str] = mapped_column(String(128))
+    # SHA-256 (hex) of MasterKeys.registration_proof(): re-registering must present the proof.
+    # None for machines registered without one (older agents); the fingerprint alone then.
+    key_proof_hash: Mapped[str | None] = mapped_column(String(64))
     registered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     agent_status: Mapped[str | None] = mapped_column(String(40))
