@@ -10,12 +10,21 @@ import secrets
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from kluis.catalog import KluisError
-from kluis.engine.format import BlobType, index_name, object_id, pack_name, point_name, refs_name
+from kluis.engine.format import (
+    BlobType,
+    encode_refs,
+    index_name,
+    object_id,
+    pack_name,
+    point_name,
+    refs_name,
+)
 from kluis.engine.repository import Repository
 from kluis.vault.db.models import Blob, IndexFile, Pack, RecoveryPoint
+from kluis.vault.db.types import utcnow
 from tests.vault.helpers import Agent, VaultServer, make_index, make_pack, make_point
 
 ROOT = "/api/v1/machines/{}/repo"
@@ -106,6 +115,44 @@ def test_point_referencing_a_missing_blob_is_refused_and_nothing_recorded(
     assert _count(vault, RecoveryPoint, id=point_id) == 0
     head = agent.call("HEAD", ROOT.format(agent.machine_id) + f"/objects/{point_name(point_id)}")
     assert head.status_code == 404
+
+
+def _indexed_blobs(agent: Agent) -> tuple[bytes, list[bytes]]:
+    pid, pack, entries = make_pack()
+    name, index = make_index(entries)
+    assert agent.put(pack_name(pid), pack).status_code == 200
+    assert agent.put(name, index).status_code == 200
+    return pid, [e.id for e in entries]
+
+
+def test_point_whose_blobs_sit_in_a_deleted_pack_is_refused(vault: VaultServer, agent: Agent) -> None:
+    pid, blobs = _indexed_blobs(agent)
+    # The pack is gone while its blob rows still say live (say GC stopped between the two):
+    # the blob rows alone must not be taken for data the vault holds.
+    with vault.db.write() as s:
+        s.execute(
+            update(Pack)
+            .where(Pack.machine_id == agent.machine_id, Pack.pack_id == pid)
+            .values(deleted_at=utcnow())
+        )
+    have = agent.call("POST", ROOT.format(agent.machine_id) + "/have", json={"ids": [b.hex() for b in blobs]})
+    assert have.status_code == 200 and have.json()["have"] == []
+    point_id, refs, point = make_point(blobs)
+    assert agent.put(refs_name(point_id), refs).status_code == 200
+    response = agent.put(point_name(point_id), point)
+    assert response.status_code == 422 and response.json()["code"] == "RepoPointIncomplete"
+    assert _count(vault, RecoveryPoint, id=point_id) == 0
+
+
+def test_point_whose_header_counts_other_references_is_refused(vault: VaultServer, agent: Agent) -> None:
+    _, blobs = _indexed_blobs(agent)
+    point_id, _full, point = make_point(blobs)  # the header counts all of them
+    cut = encode_refs(blobs[:1])  # the list names only one: the rest would go unchecked
+    assert agent.put(refs_name(point_id), cut).status_code == 200
+    response = agent.put(point_name(point_id), point)
+    assert response.status_code == 422 and response.json()["code"] == "RepoUploadRejected"
+    assert "counts" in response.json()["message"]
+    assert _count(vault, RecoveryPoint, id=point_id) == 0
 
 
 def test_point_without_its_reference_list_is_refused(vault: VaultServer, agent: Agent) -> None:

@@ -123,13 +123,23 @@ def _chunks(values: Sequence[bytes], size: int = _CHUNK) -> Iterable[Sequence[by
 
 
 def live_blobs(session: Session, machine_id: str, ids: Sequence[bytes]) -> set[bytes]:
-    """Which of ``ids`` are live blobs of the machine."""
+    """Which of ``ids`` are live blobs of the machine, in a pack the vault still holds.
+
+    The pack is checked too, not only the blob row: a row left live after its pack was
+    deleted must not let a recovery point (or the agent's dedup) count on data that is gone.
+    """
     found: set[bytes] = set()
     for chunk in _chunks(ids):
         found.update(
             session.scalars(
                 select(Blob.blob_id)
-                .where(Blob.machine_id == machine_id, Blob.deleted.is_(False), Blob.blob_id.in_(chunk))
+                .join(Pack, (Pack.machine_id == Blob.machine_id) & (Pack.pack_id == Blob.pack_id))
+                .where(
+                    Blob.machine_id == machine_id,
+                    Blob.deleted.is_(False),
+                    Blob.blob_id.in_(chunk),
+                    Pack.deleted_at.is_(None),
+                )
                 .distinct()
             )
         )
@@ -415,6 +425,12 @@ class RepoService:
                 if exc.code != "StoreObjectNotFound":
                     reason = f"its reference list cannot be read: {exc.message}"
                 raise KluisError("RepoUploadRejected", name=up.name, reason=reason) from None
+            # The header says how many blobs the point references; a reference list that
+            # disagrees (replaced or cut short before the point) would check too little.
+            counted = header.get("refs")
+            if isinstance(counted, bool) or counted != len(refs):
+                reason = f"its header counts {counted!r} references, refs/{point_id} lists {len(refs)}"
+                raise KluisError("RepoUploadRejected", name=up.name, reason=reason)
             found = live_blobs(s, machine_id, refs)
             missing = [r for r in refs if r not in found]
             if missing:
