@@ -27,26 +27,27 @@ _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
 
 def _print_report(report: Report) -> None:
+    from kluis.catalog.ui import t
     from kluis.doctor import Verdict
 
-    where = "vault server" if report.mode == "vault" else "this machine"
-    table = Table(title=f"kluis doctor: {where}", show_lines=False)
-    table.add_column("Check")
-    table.add_column("Verdict")
-    table.add_column("Code")
-    table.add_column("Finding", overflow="fold")
+    title = "kluis doctor: vault server" if report.mode == "vault" else "kluis doctor: this machine"
+    table = Table(title=t(title), show_lines=False)
+    table.add_column(t("Check"))
+    table.add_column(t("Verdict"))
+    table.add_column(t("Code"))
+    table.add_column(t("Finding"), overflow="fold")
     for o in report.outcomes:
         r = o.result
         verdict = str(r.verdict)
         code = r.error.code if r.error is not None else ""
         table.add_row(
-            escape(o.check.title), f"[{_STYLE[verdict]}]{verdict.upper()}[/]", code, escape(r.summary)
+            escape(t(o.check.title)), f"[{_STYLE[verdict]}]{t(verdict).upper()}[/]", code, escape(r.summary)
         )
     out.print(table)
     if report.fixes:
-        out.print("[bold]Fixes applied (then checked again):[/]")
+        out.print(f"[bold]{t('Fixes applied (then checked again):')}[/]")
         for f in report.fixes:
-            mark = "[green]done[/]" if f.ok else "[red]failed[/]"
+            mark = f"[green]{t('done')}[/]" if f.ok else f"[red]{t('failed')}[/]"
             out.print(f"  {mark} {f.fix} ({f.check}): {escape(f.message)}")
     for o in report.outcomes:
         r = o.result
@@ -55,22 +56,23 @@ def _print_report(report: Report) -> None:
         e = r.error
         colour = _STYLE[str(r.verdict)]
         out.print()
-        out.print(f"[{colour}]{escape(o.check.title)}: {e.code}[/] [bold]{escape(e.title)}[/]")
+        out.print(f"[{colour}]{escape(t(o.check.title))}: {e.code}[/] [bold]{escape(e.title)}[/]")
         out.print(f"  {escape(e.message)}")
         if e.causes:
-            out.print("  [bold]Likely causes:[/]")
+            out.print(f"  [bold]{t('Likely causes:')}[/]")
             for i, cause in enumerate(e.causes, 1):
                 out.print(f"    {i}. {escape(cause)}")
         if e.actions:
-            out.print("  [bold]What to do:[/]")
+            out.print(f"  [bold]{t('What to do:')}[/]")
             for i, action in enumerate(e.actions, 1):
                 out.print(f"    {i}. {escape(action)}")
         if r.fix:
-            out.print(f"  [bold]Fix:[/] {escape(r.fix)}")
+            out.print(f"  [bold]{t('Fix:')}[/] {escape(r.fix)}")
         if r.auto_fix is not None and not report.fixes:
-            out.print(f"  [dim]`kluis doctor --fix` can do this: {escape(r.auto_fix.description)}.[/]")
-        out.print(f"  [dim]More: {e.to_dict()['docs']}[/]")
-    counts = ", ".join(f"{report.count(v)} {v}" for v in Verdict)
+            can = t("`kluis doctor --fix` can do this: {what}.", what=r.auto_fix.description)
+            out.print(f"  [dim]{escape(can)}[/]")
+        out.print(f"  [dim]{t('More:')} {e.to_dict()['docs']}[/]")
+    counts = ", ".join(f"{report.count(v)} {t(str(v))}" for v in Verdict)
     out.print()
     if not report.ok:
         verdict = "Some checks failed"
@@ -78,7 +80,7 @@ def _print_report(report: Report) -> None:
         verdict = "All checks passed"
     else:
         verdict = "No check failed"
-    out.print(f"[bold]{verdict}[/] ({counts})")
+    out.print(f"[bold]{t(verdict)}[/] ({counts})")
 
 
 @app.command("doctor")

@@ -36,16 +36,22 @@ def fail(error: KluisError, *, as_json: bool = False) -> NoReturn:
     if as_json:
         print_json({"error": error.to_dict()})
     else:
-        console.print(f"[bold red]Error {error.code}[/]: {error.message}")
+        from rich.markup import escape
+
+        from kluis.catalog.ui import t
+
+        # Messages carry paths and reasons from outside (file names, server answers): a
+        # "[" in them must print as it is, not as rich markup.
+        console.print(f"[bold red]{t('Error')} {error.code}[/]: {escape(error.message)}")
         if error.causes:
-            console.print("[bold]Likely causes:[/]")
+            console.print(f"[bold]{t('Likely causes:')}[/]")
             for i, cause in enumerate(error.causes, 1):
-                console.print(f"  {i}. {cause}")
+                console.print(f"  {i}. {escape(cause)}")
         if error.actions:
-            console.print("[bold]What to do:[/]")
+            console.print(f"[bold]{t('What to do:')}[/]")
             for i, action in enumerate(error.actions, 1):
-                console.print(f"  {i}. {action}")
-        console.print(f"[dim]More: {error.to_dict()['docs']}[/]")
+                console.print(f"  {i}. {escape(action)}")
+        console.print(f"[dim]{t('More:')} {escape(error.to_dict()['docs'])}[/]")
     raise SystemExit(error.entry.exit_code)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from kluis.catalog import KluisError
+from kluis.catalog.ui import t
 
 log = logging.getLogger("kluis.doctor")
 C = TypeVar("C")
@@ -147,12 +148,12 @@ def run_checks(checks: Sequence[Check[C]], ctx: C) -> list[Outcome]:
     for check in checks:
         started = time.monotonic()
         blocked = [
-            by_id[r].check.title
+            t(by_id[r].check.title)
             for r in check.requires
             if r in by_id and by_id[r].result.verdict not in (Verdict.PASS, Verdict.WARN)
         ]
         if blocked:
-            result = skipped("not checked: needs " + ", ".join(blocked) + " to pass first")
+            result = skipped(t("not checked: needs {checks} to pass first", checks=", ".join(blocked)))
         else:
             try:
                 result = check.run(ctx)

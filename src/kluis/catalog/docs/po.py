@@ -13,6 +13,7 @@ from babel.messages.pofile import read_po, write_po
 from kluis.catalog.entry import placeholders
 from kluis.catalog.i18n import DOMAIN, LANGUAGES, LOCALE_DIR, SOURCE_LANGUAGE, po_path
 from kluis.catalog.registry import entries_by_module
+from kluis.catalog.ui import ui_texts
 
 # Fixed header dates keep the generated files byte-identical between runs.
 _FIXED_DATE = datetime(2025, 1, 1, tzinfo=UTC)
@@ -69,6 +70,13 @@ def build_template() -> Catalog:
                     auto_comments=[comment],
                     flags=flags,
                 )
+    for text, where in ui_texts():
+        existing = template.get(text)
+        if existing is not None:
+            existing.auto_comments.append(where)
+            continue
+        flags = ["python-brace-format"] if placeholders(text) else []
+        template.add(text, locations=[("src/kluis/catalog/ui.py", 0)], auto_comments=[where], flags=flags)
     return template
 
 
@@ -139,21 +147,22 @@ def update_catalogs() -> list[Path]:
 
 
 def untranslated(lang: str) -> list[Untranslated]:
-    """Every catalog string that has no usable translation in ``lang`` (as the ``.po`` stands)."""
+    """Every catalog and UI string that has no usable translation in ``lang`` (as the ``.po`` stands)."""
     catalog = load_po(lang)
+    entries = [e for es in entries_by_module().values() for e in es]
+    texts = [(e.code, field, text) for e in entries for field, text in e.texts]
+    texts += [("ui", where, text) for text, where in ui_texts()]
     out: list[Untranslated] = []
-    for entries in entries_by_module().values():
-        for entry in entries:
-            for field, text in entry.texts:
-                message = catalog.get(text) or catalog.obsolete.get(text)
-                if message is None or not message.string:
-                    out.append(Untranslated(lang, entry.code, field, text, "missing"))
-                elif message.fuzzy:
-                    out.append(Untranslated(lang, entry.code, field, text, "fuzzy"))
-                else:
-                    assert isinstance(message.string, str)
-                    want, got = set(placeholders(text)), set(placeholders(message.string))
-                    if want != got:
-                        problem = f"placeholders differ: want {sorted(want)}, got {sorted(got)}"
-                        out.append(Untranslated(lang, entry.code, field, text, problem))
+    for code, field, text in texts:
+        message = catalog.get(text) or catalog.obsolete.get(text)
+        if message is None or not message.string:
+            out.append(Untranslated(lang, code, field, text, "missing"))
+        elif message.fuzzy:
+            out.append(Untranslated(lang, code, field, text, "fuzzy"))
+        else:
+            assert isinstance(message.string, str)
+            want, got = set(placeholders(text)), set(placeholders(message.string))
+            if want != got:
+                problem = f"placeholders differ: want {sorted(want)}, got {sorted(got)}"
+                out.append(Untranslated(lang, code, field, text, problem))
     return out
