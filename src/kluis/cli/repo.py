@@ -246,3 +246,90 @@ def passwd(
         out.print(f"Passphrase changed (key file {name}).")
 
     run_command(body)
+
+
+@app.command("backup-disk")
+def backup_disk(
+    source: Annotated[Path, typer.Argument(help="Block device or disk image file to back up.")],
+    repo: RepoOpt,
+    passphrase_file: PassFileOpt = None,
+    scratch: ScratchOpt = None,
+    name: Annotated[str, typer.Option("--name", help="The disk's name in the recovery point.")] = "disk0",
+    full: Annotated[
+        bool, typer.Option("--full", help="Read every block; do not compare with the last disk point.")
+    ] = False,
+    threads: Annotated[int, typer.Option(help="Worker threads.")] = 2,
+    json_out: JsonOpt = False,
+) -> None:
+    """Back up a disk (fixed-size blocks; only blocks changed since the last disk point are stored)."""
+
+    def body() -> None:
+        from kluis.engine.disk import DiskBackup, disks_of
+
+        r = _open(repo, passphrase_file, scratch)
+        previous = None
+        if not full:
+            # The newest disk point that holds a disk of this name is the one to compare with.
+            for info in reversed([p for p in r.list_points() if p.kind == "disk"]):
+                if any(d.name == name for d in disks_of(info.id, r.load_point(info.id)[1])):
+                    previous = info.id
+                    break
+        with progress_bar("Backing up disk", enabled=not json_out) as update:
+            result = DiskBackup(
+                r, str(source), name=name, previous_point=previous, threads=threads, progress=update
+            ).run()
+        if json_out:
+            print_json(result.as_dict() | {"previous_point": previous})
+            return
+        against = f" (compared with {previous[:12]})" if previous else ""
+        out.print(
+            f"Disk point [bold]{result.point_id}[/] {result.status}{against}: "
+            f"{human_bytes(result.size)} disk, {human_bytes(result.bytes_read)} read, "
+            f"{human_bytes(result.bytes_new)} new, {human_bytes(result.stored_bytes)} stored "
+            f"in {result.seconds:.1f} s"
+        )
+
+    run_command(body, as_json=json_out)
+
+
+@app.command("restore-disk")
+def restore_disk(
+    point: Annotated[str, typer.Argument(help="Disk recovery point id (a unique prefix, or 'latest').")],
+    target: Annotated[Path, typer.Argument(help="Image file to write (sparse) or block device.")],
+    repo: RepoOpt,
+    passphrase_file: PassFileOpt = None,
+    disk: Annotated[
+        str | None, typer.Option("--disk", help="Which disk of the point (needed when it has several).")
+    ] = None,
+    threads: Annotated[int, typer.Option(help="Worker threads.")] = 2,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write one disk of a disk recovery point to an image file or a block device."""
+
+    def body() -> None:
+        from kluis.engine.disk import DiskRestore, disks_of
+
+        r = _open(repo, passphrase_file)
+        point_id = r.resolve_point(point)
+        disks = disks_of(point_id, r.load_point(point_id)[1])
+        if not disks:
+            raise KluisError(
+                "ValidationFailed", reason=f"recovery point {point_id} holds files, not disks (use restore)"
+            )
+        chosen = disk
+        if chosen is None:
+            if len(disks) > 1:
+                names = ", ".join(d.name for d in disks)
+                raise KluisError("ValidationFailed", reason=f"the point has several disks; pick one: {names}")
+            chosen = disks[0].name
+        with progress_bar("Restoring disk", enabled=not json_out) as update:
+            result = DiskRestore(r, point_id, chosen, target, threads=threads, progress=update).run()
+        if json_out:
+            print_json(result.as_dict())
+            return
+        out.print(
+            f"Restored disk {result.disk} ({human_bytes(result.size)}) to {result.target} "
+            f"in {result.seconds:.1f} s: {human_bytes(result.bytes_written)} written"
+        )
+
+    run_command(body, as_json=json_out)
