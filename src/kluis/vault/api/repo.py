@@ -1,15 +1,18 @@
 """The repository object API: ``/api/v1/machines/{machine_id}/repo/...`` (see ``kluis.vault.repo``).
 
-Uploads stream into a temporary file (with a size limit and a running BLAKE3) and are
-checked only when complete; downloads stream from the store in windows and honour
-``Range: bytes=a-b``.
+Uploads stream into a memory buffer (with a size limit) and are checked only when
+complete; downloads stream from the store in windows and honour ``Range: bytes=a-b``.
+
+Packs are the bulk of every backup, so their path avoids extra work: the body lands in a
+reused pack-sized buffer (no temporary file written and read back, no fresh allocation per
+upload), and the hash, checks and store write run in one worker-thread hop. A range that
+fits one window is read and answered in one hop too (restores read packs in windows).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +31,36 @@ from kluis.vault.context import VaultContext
 router = APIRouter(prefix="/machines/{machine_id}/repo", tags=["repository"])
 STREAM_WINDOW = 4 * 1024 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+KEEP_BUFFERS = 4  # idle upload buffers kept for reuse (one per concurrent pack upload is typical)
+
+
+class _BufferPool:
+    """Upload buffers reused between requests: a pack-sized bytearray is allocated (and its
+    pages faulted in) once, not for every pack."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes (its contents are garbage)."""
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if len(buf) >= size:
+                    return self._free.pop(i)
+        return bytearray(size)
+
+    def give(self, buf: bytearray) -> None:
+        """Return a buffer; the smallest are dropped when more than ``keep`` wait."""
+        with self._lock:
+            self._free.append(buf)
+            if len(self._free) > self.keep:
+                self._free.sort(key=len)
+                del self._free[0]
+
+
+_POOL = _BufferPool(KEEP_BUFFERS)
 
 
 class HaveRequest(BaseModel):
@@ -100,22 +133,15 @@ async def get_object(
     principal: Principal = Depends(get_principal),
 ) -> Response:
     """The object's bytes, streamed; 206 for a range, 416 when it starts past the end."""
-    await run_in_threadpool(_reader, machine_id, ctx, principal)
     service = _service(ctx)
-    info = await run_in_threadpool(service.stat, machine_id, name)
-    size = info.size
-    wanted = _parse_range(request.headers.get("range"), size)
-    headers = {"Accept-Ranges": "bytes"}
-    if wanted is not None:
-        start, end = wanted
-        if start >= size or start > end:
-            headers["Content-Range"] = f"bytes */{size}"
-            return Response(status_code=416, headers=headers)
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        status = 206
-    else:
-        start, end, status = 0, size - 1, 200
-    headers["Content-Length"] = str(max(0, end - start + 1))
+    status, start, end, headers, first = await run_in_threadpool(
+        _open_read, service, machine_id, name, request.headers.get("range"), ctx, principal
+    )
+    if status == 416:
+        return Response(status_code=416, headers=headers)
+    if first is not None:
+        # The whole answer was read with the checks: no streaming machinery for a window.
+        return Response(first, status_code=status, headers=headers, media_type="application/octet-stream")
 
     async def body() -> AsyncIterator[bytes]:
         offset = start
@@ -132,6 +158,40 @@ async def get_object(
     )
 
 
+def _open_read(
+    service: repo.RepoService,
+    machine_id: str,
+    name: str,
+    range_header: str | None,
+    ctx: VaultContext,
+    principal: Principal,
+) -> tuple[int, int, int, dict[str, str], bytes | None]:
+    """Checks, size and range of a read, in one worker-thread hop; the bytes too when they fit
+    one window. Returns (status, start, end inclusive, headers, bytes or None)."""
+    _reader(machine_id, ctx, principal)
+    size = service.stat(machine_id, name).size
+    wanted = _parse_range(range_header, size)
+    headers = {"Accept-Ranges": "bytes"}
+    if wanted is not None:
+        start, end = wanted
+        if start >= size or start > end:
+            headers["Content-Range"] = f"bytes */{size}"
+            return 416, 0, -1, headers, None
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        status = 206
+    else:
+        start, end, status = 0, size - 1, 200
+    length = max(0, end - start + 1)
+    headers["Content-Length"] = str(length)
+    if length > STREAM_WINDOW:
+        return status, start, end, headers, None
+    data = service.read(machine_id, name, start, length) if length else b""
+    if len(data) != length:
+        # The object changed size under us (it cannot for a valid repository): stream what is there.
+        return status, start, end, headers, None
+    return status, start, end, headers, data
+
+
 @router.put("/objects/{name:path}", summary="Upload an object (checked before it becomes visible)")
 async def put_object(
     machine_id: str,
@@ -143,33 +203,62 @@ async def put_object(
     _p: Principal = Depends(machine_self("write to its repository")),
 ) -> dict[str, Any]:
     """Stores the object after its checks; 200 with ``created: false`` when it was already there."""
-    repo.classify(name)  # refuse bad names before reading a byte
+    kind, _ident = repo.classify(name)  # refuse bad names before reading a byte
     limit = ctx.config.pack_size_limit
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    raw = request.headers.get("content-length")
+    declared = int(raw) if raw is not None and raw.isdigit() else None
+    if declared is not None and declared > limit:
         raise KluisError("RepoUploadTooLarge", name=name, limit=limit)
-    hasher = blake3.blake3()
-    size = 0
-    fd, tmp = tempfile.mkstemp(prefix="kluis-upload-", dir=ctx.config.tmp_dir)
+    buf = _POOL.take(declared) if declared is not None else bytearray()
     try:
-        with os.fdopen(fd, "wb") as f:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise KluisError("RepoUploadTooLarge", name=name, limit=limit)
-                hasher.update(chunk)
-                f.write(chunk)
-        upload = repo.Upload(
-            name=name, data=await run_in_threadpool(_read_all, tmp), blake3_hex=hasher.hexdigest()
+        size = await _receive(request, buf, declared, limit, name)
+        return await run_in_threadpool(
+            _check_and_store, _service(ctx), machine_id, name, kind, buf, size, item, job
         )
     finally:
-        os.unlink(tmp)
-    return await run_in_threadpool(_service(ctx).put, machine_id, upload, item_id=item, job_id=job)
+        if declared is not None:
+            _POOL.give(buf)
 
 
-def _read_all(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+async def _receive(request: Request, buf: bytearray, declared: int | None, limit: int, name: str) -> int:
+    """Read the body into ``buf`` (filled in place when its length was declared, else grown)."""
+    size = 0
+    if declared is None:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise KluisError("RepoUploadTooLarge", name=name, limit=limit)
+            buf += chunk
+        return size
+    with memoryview(buf) as view:
+        async for chunk in request.stream():
+            end = size + len(chunk)
+            if end > declared:
+                # The server's HTTP layer enforces Content-Length; refuse anyway rather than overrun.
+                raise KluisError("ValidationFailed", reason="the body is longer than its Content-Length")
+            view[size:end] = chunk
+            size = end
+    return size
+
+
+def _check_and_store(
+    service: repo.RepoService,
+    machine_id: str,
+    name: str,
+    kind: str,
+    buf: bytearray,
+    size: int,
+    item: str | None,
+    job: str | None,
+) -> dict[str, Any]:
+    """Hash, check and store a received upload (worker thread: blake3 and the store release the GIL)."""
+    with memoryview(buf) as whole, whole[:size] as view:
+        # Packs go to the store straight from the buffer; the small objects are parsed as bytes.
+        data: bytes | memoryview = view if kind == "data" else bytes(view)
+        digest = blake3.blake3(data, max_threads=1).hexdigest()
+        return service.put(
+            machine_id, repo.Upload(name=name, data=data, blake3_hex=digest), item_id=item, job_id=job
+        )
 
 
 @router.delete("/objects/{name:path}", summary="Refused: only retention and GC delete")
