@@ -9,16 +9,17 @@ and file paths it affects.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from kluis.catalog import KluisError
 from kluis.engine.format import (
-    FOOTER_SIZE,
+    BlobType,
     decode_pack_trailer,
     object_id,
     pack_id_from_name,
@@ -27,6 +28,7 @@ from kluis.engine.format import (
 from kluis.engine.progress import Progress, ProgressCallback, Throttle
 from kluis.engine.repository import Repository
 from kluis.engine.trees import DIR, decode_tree
+from kluis.engine.tuning import tune_allocator
 
 
 @dataclass
@@ -59,14 +61,14 @@ class Verifier:
         *,
         read_data: bool = False,
         subset_percent: float | None = None,
-        threads: int = 2,
+        threads: int | None = None,
         progress: ProgressCallback | None = None,
         seed: int | None = None,
     ) -> None:
         self.repo = repo
         self.read_data = read_data or subset_percent is not None
         self.subset = subset_percent
-        self.threads = threads
+        self.threads = threads or max(2, os.cpu_count() or 1)
         self.report = VerifyReport()
         self.progress = Progress(phase="Verify")
         self._report = Throttle(progress)
@@ -75,6 +77,8 @@ class Verifier:
         self._rng = random.Random(seed)
         self._by_pack: dict[bytes, list[bytes]] = {}
         self._disk_segments: set[bytes] = set()  # map segments already checked (shared by points)
+        # Listing id -> ids of its subdirectories' listings, filled while packs are read.
+        self._tree_children: dict[bytes, list[bytes]] = {}
 
     def _problem(self, error: KluisError, blobs: set[bytes] | None = None) -> None:
         with self._lock:
@@ -83,7 +87,14 @@ class Verifier:
                 self._bad |= blobs
 
     def run(self) -> VerifyReport:
-        """Check everything; never raises for damage it finds, only reports it."""
+        """Check everything; never raises for damage it finds, only reports it.
+
+        With read-data, the packs are read first, across threads; the workers also
+        decode every directory listing they meet (which they decrypted and hashed
+        anyway), so the structural walk afterwards needs no second read of them.
+        Reference lists are checked on this thread while the workers read.
+        """
+        tune_allocator()  # every blob's plaintext is a fresh buffer: keep them on the heap
         self.repo.index.load(self.repo.store)
         packs = {pack_id_from_name(o.name): o.size for o in self.repo.store.list("data/")}
         by_pack = self._by_pack = {}
@@ -92,23 +103,28 @@ class Verifier:
         for pack, ids in by_pack.items():
             if pack not in packs:
                 self._problem(KluisError("RepoPackMissing", pack=pack.hex()), set(ids))
-        points = self.repo.list_points()
-        self.report.points = len(points)
-        refs_of: dict[str, list[bytes]] = {}
+        reading = self._start_reading(sorted(packs.items())) if self.read_data else None
+        try:
+            points = self.repo.list_points()
+            self.report.points = len(points)
+            refs_of: dict[str, list[bytes]] = {}
+            for p in points:
+                try:
+                    refs = self.repo.load_refs(p.id)
+                except KluisError as exc:
+                    self._problem(exc)
+                    continue
+                refs_of[p.id] = refs
+                missing = {r for r in refs if r not in self.repo.index}
+                for r in sorted(missing)[:10]:
+                    self._problem(KluisError("RepoBlobMissing", blob=r.hex(), where=f"recovery point {p.id}"))
+                self._bad |= missing
+        finally:
+            if reading is not None:
+                self._finish_reading(reading)
         for p in points:
-            try:
-                refs = self.repo.load_refs(p.id)
-            except KluisError as exc:
-                self._problem(exc)
-                continue
-            refs_of[p.id] = refs
-            missing = {r for r in refs if r not in self.repo.index}
-            for r in sorted(missing)[:10]:
-                self._problem(KluisError("RepoBlobMissing", blob=r.hex(), where=f"recovery point {p.id}"))
-            self._bad |= missing
-            self._check_trees(p.id)
-        if self.read_data:
-            self._read_packs(sorted(packs.items()))
+            if p.id in refs_of:
+                self._check_trees(p.id)
         self._find_affected(refs_of)
         self._report(self.progress, force=True)
         return self.report
@@ -134,6 +150,11 @@ class Verifier:
             if tree_id in seen:
                 continue
             seen.add(tree_id)
+            children = self._tree_children.get(tree_id)
+            if children is not None:
+                stack.extend(children)
+                continue
+            # Not decoded while reading packs (no read-data, a subset, or damage): load it here.
             try:
                 nodes = decode_tree(self.repo.load_blob(tree_id), blob=tree_id.hex(), point=point_id)
             except KluisError as exc:
@@ -141,14 +162,22 @@ class Verifier:
                 continue
             stack.extend(bytes.fromhex(n.subtree) for n in nodes if n.type == DIR and n.subtree)
 
-    def _read_packs(self, packs: list[tuple[bytes, int]]) -> None:
+    def _start_reading(self, packs: list[tuple[bytes, int]]) -> tuple[ThreadPoolExecutor, list[Future[None]]]:
         if self.subset is not None:
             want = max(1, round(len(packs) * self.subset / 100)) if packs else 0
             packs = self._rng.sample(packs, min(want, len(packs)))
         self.progress.total_bytes = sum(size for _, size in packs)
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="kluis-verify") as pool:
-            for _ in pool.map(self._read_pack, packs):
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="kluis-verify")
+        return pool, [pool.submit(self._read_pack, item) for item in packs]
+
+    def _finish_reading(self, reading: tuple[ThreadPoolExecutor, list[Future[None]]]) -> None:
+        pool, futures = reading
+        try:
+            for f in futures:
+                f.result()
                 self._report(self.progress)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _read_pack(self, item: tuple[bytes, int]) -> None:
         pack_id, size = item
@@ -160,7 +189,7 @@ class Verifier:
             return
         indexed = set(self._by_pack.get(pack_id, ()))
         try:
-            entries = decode_pack_trailer(name, data[-max(FOOTER_SIZE, len(data)) :], len(data))
+            entries = decode_pack_trailer(name, data, len(data))
         except KluisError as exc:
             self._problem(exc, indexed)
             return
@@ -173,7 +202,7 @@ class Verifier:
         for e in entries:
             try:
                 # decode_view decrypts into the codec's reused buffer: the data is only checked.
-                codec.decode_view(
+                plain = codec.decode_view(
                     e.id,
                     e.type,
                     e.flags,
@@ -183,11 +212,29 @@ class Verifier:
                 )
             except KluisError as exc:
                 self._problem(exc, {e.id})
+                continue
+            if e.type == BlobType.TREE:
+                self._note_tree(pack_id, e.id, e.offset, plain)
         with self._lock:
             self.report.packs_read += 1
             self.report.blobs_read += len(entries)
             self.report.bytes_read += len(data)
             self.progress.bytes += len(data)
+
+    def _note_tree(self, pack_id: bytes, tree_id: bytes, offset: int, plain: bytes | memoryview) -> None:
+        """Remember the subdirectories of a listing that decoded cleanly, for the structural walk.
+
+        Only the copy the index points to counts: that is the one restores read.
+        """
+        entry = self.repo.index.get(tree_id)
+        if entry is None or entry.pack != pack_id or entry.offset != offset:
+            return
+        try:
+            nodes = decode_tree(bytes(plain))
+            children = [bytes.fromhex(n.subtree) for n in nodes if n.type == DIR and n.subtree]
+        except (KluisError, ValueError):
+            return  # the walk loads it again and reports the damage with its recovery point
+        self._tree_children[tree_id] = children
 
     def _find_affected(self, refs_of: dict[str, list[bytes]]) -> None:
         """Name the recovery points and the files that depend on damaged blobs."""
