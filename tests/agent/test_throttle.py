@@ -73,7 +73,8 @@ def test_transport_throttles_request_bodies(sink: str) -> None:
     with httpx.Client(transport=ThrottledTransport(httpx.HTTPTransport(), up, down)) as client:
         started = time.monotonic()
         assert client.put(sink, content=b"x" * 600_000).text == "ok\n"
-        assert 0.45 < time.monotonic() - started < 1.2
+        # 600 kB at 1 MB/s less the 0.2 s burst the bucket may have saved up: at least 0.4 s.
+        assert 0.38 < time.monotonic() - started < 1.2
     assert up.waited > 0.3 and down.waited == 0
 
 

@@ -30,6 +30,7 @@ from kluis.agent.store import (
     AgentVaultStore,
     PackJournal,
     ResilientStore,
+    UploadPipeline,
     adopt_unindexed_packs,
     ensure_repository,
 )
@@ -303,6 +304,7 @@ class Job:
         layout = checks.layout
         assert checks.checksums is not None
         store: ResilientStore | None = None
+        pipeline: UploadPipeline | None = None
         try:
             own_kek(cfg)  # 34506 before anything goes over the network
             journal = PackJournal(layout.cache(cfg.machine_id) / "unindexed-packs")
@@ -314,10 +316,12 @@ class Job:
                 outage_limit=env.outage_limit,
                 on_wait=self.reporter.note_outage,
             )
+            # Packs go up in the background while the engine packs the next ones.
+            pipeline = UploadPipeline(store)
             self._wait_for_mounts(item_id)
-            ensure_repository(cfg, store=store)
-            repo = open_own(cfg, store, layout.cache(cfg.machine_id))
-            adopted = adopt_unindexed_packs(repo, store, journal)
+            ensure_repository(cfg, store=pipeline)
+            repo = open_own(cfg, pipeline, layout.cache(cfg.machine_id))
+            adopted = adopt_unindexed_packs(repo, pipeline, journal)
             self.reporter.set_phase(BACKUP_PHASE)
             estimate = scratch.last_backup_bytes(layout, item_id) or checks.protected_bytes or None
             backup = FileBackup(
@@ -335,7 +339,9 @@ class Job:
             result = backup.run(paths)
         finally:
             checks.checksums.close()
-            if store is not None:
+            if pipeline is not None:
+                pipeline.close()  # closes the store too
+            elif store is not None:
                 store.close()
         scratch.record_backup_bytes(layout, item_id, result.bytes)
         self.reporter.update(backup.progress)

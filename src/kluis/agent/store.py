@@ -8,6 +8,10 @@ Three layers over :class:`kluis.stores.vault.VaultStore`:
   exponential backoff for up to ``outage_limit`` seconds (honouring cancel); a
   retried pack or index upload first asks (HEAD) whether the vault already has it, so
   a pack whose upload was cut off after the vault stored it is not sent again.
+- :class:`UploadPipeline` sends packs in the background (a few at a time) while the
+  engine goes on packing: a pack upload to the vault waits on the network and on the
+  vault's checks, where a local store only waits on the disk. Anything that could
+  depend on those packs (an index, a point, any read) first waits for them.
 - :class:`PackJournal` notes every pack before its upload and forgets it once an
   index file names it. A backup that was interrupted (network, crash, cancel) leaves
   packs in the vault that no index names; the next backup indexes them from their
@@ -17,6 +21,7 @@ Three layers over :class:`kluis.stores.vault.VaultStore`:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -25,6 +30,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TypeVar
 
@@ -214,6 +220,99 @@ class ResilientStore(Store):
 
     def close(self) -> None:
         self.inner.close()
+
+
+class UploadPipeline(Store):
+    """Packs (``data/``) are uploaded by background threads; every other call waits for them.
+
+    ``put`` of a pack copies it (the engine reuses its pack buffer at once) and returns as
+    soon as an upload slot is free; at most ``in_flight`` packs are queued or sending.
+    Before anything else (an index naming those packs, a point, a read, a listing) all
+    pending uploads finish, and the first upload error is raised there, or by the next
+    ``put``: so nothing is ever committed that names a pack the vault does not hold.
+    """
+
+    def __init__(self, inner: Store, *, threads: int = 2, in_flight: int = 3) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="kluis-upload")
+        self._slots = threading.BoundedSemaphore(max(1, in_flight))
+        self._lock = threading.Lock()
+        self._pending: set[Future[None]] = set()
+        self._error: BaseException | None = None
+
+    def _note(self, future: Future[None]) -> None:
+        exc = future.exception()
+        with self._lock:
+            self._pending.discard(future)
+            if exc is not None and self._error is None:
+                self._error = exc
+
+    def _done(self, future: Future[None]) -> None:
+        self._note(future)
+        self._slots.release()
+
+    def _raise_failed(self) -> None:
+        with self._lock:
+            error = self._error
+        if error is not None:
+            raise error
+
+    def drain(self) -> None:
+        """Wait until every pack handed to ``put`` is stored; raise the first upload error."""
+        while True:
+            with self._lock:
+                pending = list(self._pending)
+            if not pending:
+                break
+            wait(pending)
+            # Noted here too: a finished future's callback may not have run yet.
+            for future in pending:
+                self._note(future)
+        self._raise_failed()
+
+    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        if not name.startswith("data/"):
+            self.drain()
+            self.inner.put(name, data)
+            return
+        self._raise_failed()
+        self._slots.acquire()
+        try:
+            self._raise_failed()
+            body = bytes(data)  # the one copy an upload needs anyway; the caller reuses its buffer
+            future = self._pool.submit(self.inner.put, name, body)
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._done)
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        self.drain()
+        return self.inner.get(name, offset, length)
+
+    def stat(self, name: str) -> ObjectInfo:
+        self.drain()
+        return self.inner.stat(name)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        self.drain()
+        return self.inner.list(prefix)
+
+    def delete(self, name: str) -> None:
+        self.drain()
+        self.inner.delete(name)
+
+    def close(self) -> None:
+        """Wait for (or, after a failure, abandon) the uploads, then close the inner store."""
+        try:
+            with contextlib.suppress(Exception):  # the job has failed already; closing goes on
+                self.drain()
+        finally:
+            self._pool.shutdown(wait=True)
+            self.inner.close()
 
 
 def new_repository_config() -> dict[str, object]:

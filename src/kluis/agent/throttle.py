@@ -66,6 +66,11 @@ class TokenBucket:
             self._rate_checked = now
         return self._rate
 
+    def unlimited(self) -> bool:
+        """Whether no limit applies now (then bytes pass without slicing or waiting)."""
+        with self._lock:
+            return self._current_rate(time.monotonic()) <= 0
+
     def consume(self, amount: int) -> None:
         """Block until ``amount`` bytes may pass."""
         remaining = amount
@@ -99,6 +104,10 @@ class _ThrottledStream(httpx.SyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._inner:
+            if self._bucket.unlimited():
+                # No limit now: a 16 MiB pack goes out in one write, not 256 copied slices.
+                yield chunk
+                continue
             view = memoryview(chunk)
             for i in range(0, len(view), SLICE):
                 piece = view[i : i + SLICE]

@@ -1,0 +1,87 @@
+"""The agent's background pack uploads: nothing that could name a pack runs before the pack is stored.
+
+A real local store underneath; a subclass holds pack uploads at a gate (to see what waits
+for them) or fails one (to see where the error comes out).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kluis.agent.store import UploadPipeline
+from kluis.catalog import KluisError
+from kluis.stores.local import LocalStore
+
+
+class GatedStore(LocalStore):
+    """Pack uploads wait for ``gate``; ``fail`` names a pack whose upload fails."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.gate = threading.Event()
+        self.fail: str | None = None
+        self.started: list[str] = []
+        self.seen_at_index: list[str] = []
+
+    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        if name.startswith("data/"):
+            self.started.append(name)
+            assert self.gate.wait(10)
+            if name == self.fail:
+                raise KluisError("StoreWriteFailed", name=name, store=self.url, reason="test")
+        if name.startswith("index/"):
+            self.seen_at_index = sorted(o.name for o in self.list("data/"))
+        super().put(name, data)
+
+
+def _pack(i: int) -> str:
+    return f"data/{i:02x}/{i:02x}" + "0" * 62
+
+
+def test_packs_upload_in_the_background_and_an_index_waits_for_them(tmp_path: Path) -> None:
+    inner = GatedStore(tmp_path / "store")
+    pipe = UploadPipeline(inner, threads=2, in_flight=3)
+    buf = bytearray(b"x" * 1000)
+    t0 = time.monotonic()
+    for i in range(3):
+        buf[:1] = bytes([i])
+        pipe.put(_pack(i), buf)  # returns at once although the store is held
+    assert time.monotonic() - t0 < 2
+    # The caller's buffer was copied: changing it afterwards does not change the packs.
+    buf[:1] = b"Z"
+
+    done = threading.Event()
+
+    def write_index() -> None:
+        pipe.put("index/" + "a" * 64, b"index")
+        done.set()
+
+    writer = threading.Thread(target=write_index)
+    writer.start()
+    assert not done.wait(0.5)  # the index waits for the packs
+    inner.gate.set()
+    writer.join(10)
+    assert done.is_set()
+    assert inner.seen_at_index == sorted(_pack(i) for i in range(3))
+    assert [inner.get(_pack(i))[:1] for i in range(3)] == [b"\x00", b"\x01", b"\x02"]
+    pipe.close()
+
+
+def test_a_failed_upload_is_raised_before_anything_names_it(tmp_path: Path) -> None:
+    inner = GatedStore(tmp_path / "store")
+    inner.fail = _pack(1)
+    inner.gate.set()
+    pipe = UploadPipeline(inner, threads=1, in_flight=2)
+    pipe.put(_pack(1), b"one")
+    with pytest.raises(KluisError) as caught:
+        pipe.put("index/" + "b" * 64, b"index")
+    assert caught.value.code == "StoreWriteFailed"
+    assert not inner.exists("index/" + "b" * 64)
+    # Later packs are refused too: the backup stops instead of packing on.
+    with pytest.raises(KluisError):
+        pipe.put(_pack(2), b"two")
+    pipe.close()  # closing after a failure does not raise again
