@@ -169,9 +169,13 @@ def test_unexpected_error_during_the_transfer_fails_after_a_retry(host: Host) ->
     assert error["params"]["item"] == "vm-t" and error["params"]["attempts"] == 2
     reason = error["params"]["reason"]
     assert reason.startswith("internal error, reference "), reason
-    # The reference leads to the traceback in the agent's log.
+    # The reference leads to the traceback in the agent's log, which names the cause.
     reference = reason.rsplit(" ", 1)[1]
-    assert f"failed (attempt 2, {reference})" in host.agent.log.read_text()
+    log = host.agent.log.read_text()
+    assert f"failed (attempt 2, {reference})" in log
+    traceback = log.split(f"failed (attempt 2, {reference})", 1)[1]
+    assert "PermissionError: [Errno 1] Operation not permitted" in traceback, traceback[-2000:]
+    assert str(cache) in traceback
     again = host.back_up(item)
     assert again["status"] == "Completed", again
 
