@@ -75,7 +75,6 @@ class Verifier:
         self._bad: set[bytes] = set()
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
-        self._by_pack: dict[bytes, list[bytes]] = {}
         self._disk_segments: set[bytes] = set()  # map segments already checked (shared by points)
         # Listing id -> ids of its subdirectories' listings, filled while packs are read.
         self._tree_children: dict[bytes, list[bytes]] = {}
@@ -97,14 +96,14 @@ class Verifier:
         tune_allocator()  # every blob's plaintext is a fresh buffer: keep them on the heap
         self.repo.index.load(self.repo.store)
         packs = {pack_id_from_name(o.name): o.size for o in self.repo.store.list("data/")}
-        by_pack = self._by_pack = {}
-        for entry in self.repo.index.entries():
-            by_pack.setdefault(entry.pack, []).append(entry.id)
-        for pack, ids in by_pack.items():
-            if pack not in packs:
-                self._problem(KluisError("RepoPackMissing", pack=pack.hex()), set(ids))
         reading = self._start_reading(sorted(packs.items())) if self.read_data else None
         try:
+            by_pack: dict[bytes, list[bytes]] = {}
+            for entry in self.repo.index.entries():
+                by_pack.setdefault(entry.pack, []).append(entry.id)
+            for pack, ids in by_pack.items():
+                if pack not in packs:
+                    self._problem(KluisError("RepoPackMissing", pack=pack.hex()), set(ids))
             points = self.repo.list_points()
             self.report.points = len(points)
             refs_of: dict[str, list[bytes]] = {}
@@ -118,7 +117,8 @@ class Verifier:
                 missing = {r for r in refs if r not in self.repo.index}
                 for r in sorted(missing)[:10]:
                     self._problem(KluisError("RepoBlobMissing", blob=r.hex(), where=f"recovery point {p.id}"))
-                self._bad |= missing
+                with self._lock:
+                    self._bad |= missing
         finally:
             if reading is not None:
                 self._finish_reading(reading)
@@ -187,11 +187,11 @@ class Verifier:
         except KluisError as exc:
             self._problem(exc)
             return
-        indexed = set(self._by_pack.get(pack_id, ()))
         try:
             entries = decode_pack_trailer(name, data, len(data))
         except KluisError as exc:
-            self._problem(exc, indexed)
+            # Rare: find the blobs the index places in this pack only now.
+            self._problem(exc, {e.id for e in self.repo.index.entries() if e.pack == pack_id})
             return
         if len(data) != size or object_id(data) != pack_id:
             self._problem(
