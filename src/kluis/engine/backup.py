@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ _MAX_PENDING_DIRS = 1024
 # Small files go to the workers in batches: one task per this many files or bytes.
 _BATCH_FILES = 48
 _BATCH_BYTES = 4 * 1024 * 1024
+_MAX_TREE_JOBS = 256
 _TYPES = {
     stat.S_IFREG: FILE,
     stat.S_IFDIR: DIR,
@@ -215,6 +216,8 @@ class FileBackup:
         self._root_dev: int | None = None
         self._dir_rows: dict[bytes, DirRow] = {}
         self._stale: list[bytes] = []
+        self._file_dirs: set[bytes] = set()
+        self._tree_jobs: deque[Future[None]] = deque()
         self.dirs = 0
         self.files_read = 0
         self.errors: list[KluisError] = []
@@ -315,7 +318,8 @@ class FileBackup:
     def _walk_changed(self, job: _DirJob) -> None:
         """Build the nodes of a folder whose entries differ from the checksum store."""
         kept, job.scanned = job.scanned, []
-        known = self.cache.lookup_dir(job.path.rstrip(b"/")) if self.cache is not None else {}
+        key = job.path.rstrip(b"/")
+        known = self.cache.lookup_dir(key) if self.cache is not None and key in self._file_dirs else {}
         one_fs = self.options.one_file_system
         for entry in kept:
             full = entry.path
@@ -560,8 +564,22 @@ class FileBackup:
             nodes.append(node)
         self._save_tree(job, nodes, kids, refs)
 
+    def _store_tree(self, nodes: list[Node]) -> bytes:
+        """Encode a listing and hand its compression, encryption and packing to the tree thread."""
+        data = encode_tree(nodes)
+        tree_id = self.repo.codec().chunk_id(data)
+        if self.repo.index.reserve(tree_id):
+            jobs = self._tree_jobs
+            jobs.append(self._tree_pool.submit(self._write_tree, tree_id, data))
+            while jobs and (jobs[0].done() or len(jobs) > _MAX_TREE_JOBS):
+                jobs.popleft().result()  # a failure in the tree thread surfaces here
+        return tree_id
+
+    def _write_tree(self, tree_id: bytes, data: bytes) -> None:
+        self.repo.writer(BlobType.TREE).add(tree_id, BlobType.TREE, data)
+
     def _save_tree(self, job: _DirJob, nodes: list[Node], kids: list[bytes], refs: list[bytes]) -> None:
-        job.tree_id = tree_id = self.repo.save_blob(BlobType.TREE, encode_tree(nodes))
+        job.tree_id = tree_id = self._store_tree(nodes)
         self._refs.add(tree_id)
         self._refs.update(refs)
         if self.cache is not None and job.flat is not None:
@@ -571,7 +589,7 @@ class FileBackup:
 
     def run(self, paths: Sequence[str | os.PathLike[str]]) -> BackupResult:
         """Back up ``paths`` (files or directories) into one recovery point."""
-        tune_allocator()
+        tune_allocator("backup")
         started = time.monotonic()
         sources = sorted({os.path.abspath(os.fspath(p)) for p in paths})
         for src in sources:
@@ -579,10 +597,17 @@ class FileBackup:
                 raise KluisError("BackupSourceMissing", path=src, reason="no such file or directory")
         stored_before = sum(w.bytes_written for w in self.repo._writers)
         self._pool = ThreadPoolExecutor(self.options.threads, thread_name_prefix="kluis-backup")
+        # Listings are compressed, encrypted and packed by one thread of their own, so the
+        # walking thread only encodes them.
+        self._tree_pool = ThreadPoolExecutor(1, thread_name_prefix="kluis-trees")
         try:
             root_tree = self._build_root(sources)
+            self._tree_pool.shutdown(wait=True)
+            while self._tree_jobs:
+                self._tree_jobs.popleft().result()
         except BaseException as exc:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._tree_pool.shutdown(wait=True, cancel_futures=True)
             self.repo.index.forget_pending()
             self.failed.close()
             if isinstance(exc, Cancelled):
@@ -656,7 +681,7 @@ class FileBackup:
     def _level_tree(self, parent: bytes, level: dict[str, Any]) -> bytes:
         if "" in level:  # the whole file system root was asked for
             self._root_dev = os.lstat("/").st_dev
-            self._dir_rows = self.cache.dir_rows(b"/") if self.cache is not None else {}
+            self._load_rows(b"/")
             job = self._walk(b"/", Node(name="", type=DIR))
             self._drain(everything=True)
             self._stale.extend(self._dir_rows)
@@ -675,7 +700,7 @@ class FileBackup:
                 node.subtree = self._level_tree(path, sub).hex()
             elif ntype == DIR:
                 self._root_dev = st.st_dev
-                self._dir_rows = self.cache.dir_rows(path) if self.cache is not None else {}
+                self._load_rows(path)
                 job = self._walk(path, node)
                 self._drain(everything=True)
                 self._stale.extend(self._dir_rows)  # rows of folders this walk did not meet
@@ -691,9 +716,15 @@ class FileBackup:
                     continue  # unreadable: already in the failed-files log
                 node = single
             nodes.append(node)
-        tree_id = self.repo.save_blob(BlobType.TREE, encode_tree(nodes))
+        tree_id = self._store_tree(nodes)
         self._refs.add(tree_id)
         return tree_id
+
+    def _load_rows(self, top: bytes) -> None:
+        """What the checksum store knows about the folders below one source, in two queries."""
+        if self.cache is not None:
+            self._dir_rows = self.cache.dir_rows(top)
+            self._file_dirs = self.cache.file_dirs(top)
 
     def _finish_single(self, holder: _DirJob) -> Node | None:
         """Resolve the single file of a source that is a file, not a directory."""

@@ -191,6 +191,18 @@ class ChecksumStore:
             )
         return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
 
+    def file_dirs(self, top: bytes) -> set[bytes]:
+        """The folders at or below ``top`` that have file rows (the others need no query)."""
+        key = top.rstrip(b"/")
+        if not key:
+            rows = self._db.execute("SELECT DISTINCT dir FROM files")
+        else:
+            rows = self._db.execute(
+                "SELECT DISTINCT dir FROM files WHERE dir = ? OR (dir > ? AND dir < ?)",
+                (key, key + b"/", key + b"0"),
+            )
+        return {r[0] for r in rows}
+
     def record_dir(self, path: bytes, flat: bytes, kids: bytes, tree: bytes, refs: bytes) -> None:
         """Remember the tree built for a folder in the state ``flat`` + ``kids``."""
         self._dir_rows.append((path, flat, kids, tree, refs))

@@ -1,37 +1,57 @@
 """Process-wide allocator tuning for the hot paths.
 
-glibc serves allocations above its mmap threshold with fresh mappings, which
-the kernel must zero-fill page by page; on small VMs that makes every 1 MiB
-buffer cost more than the work done on it. Raising the threshold keeps such
-buffers on the heap, where freed memory is reused.
+glibc serves allocations above its mmap threshold with fresh mappings, which the
+kernel must zero-fill page by page. Two profiles:
+
+- ``default`` (restore, verify, disk images): every blob's plaintext is a fresh buffer
+  of up to a few MiB, so the threshold is raised to 32 MiB and such buffers stay on the
+  heap, where freed memory is reused.
+- ``backup``: buffers are reused on the hot path, and the only fresh chunk-sized ones
+  are zstd outputs, most a few hundred KiB. With the 32 MiB threshold, fragmentation
+  between the worker threads' heaps kept about 16 MiB more resident in a backup of
+  /usr/lib + /usr/share; a fixed 1 MiB threshold keeps the common sizes on the heap and
+  hands the rare multi-MiB buffer back when it is freed, at no measurable CPU cost.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 from functools import lru_cache
+from typing import Any
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+# (mmap threshold, trim threshold) per profile; 128 KiB is glibc's own trim default.
+_PROFILES = {
+    "default": (32 * 1024 * 1024, 128 * 1024 * 1024),
+    "backup": (1024 * 1024, 128 * 1024),
+}
 
 
 @lru_cache(maxsize=1)
-def tune_allocator() -> bool:
-    """Apply the tuning once per process; False where the C library is not glibc."""
-    import os
-
-    if os.environ.get("KLUIS_MALLOPT", "1") == "0":
-        return False
+def _mallopt() -> Any:
+    """glibc's mallopt, or None (looked up once: find_library is slow)."""
     name = ctypes.util.find_library("c")
     if not name:
-        return False
+        return None
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(name).mallopt
     except (OSError, AttributeError):
-        return False
+        return None
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    ok = bool(mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024))
-    ok = bool(mallopt(_M_TRIM_THRESHOLD, 128 * 1024 * 1024)) and ok
-    return ok
+    return mallopt
+
+
+def tune_allocator(profile: str = "default") -> bool:
+    """Apply a profile (cheap; applied on every call, since a long-lived agent switches
+    between backup and restore); False where the C library is not glibc."""
+    if os.environ.get("KLUIS_MALLOPT", "1") == "0":
+        return False
+    mallopt = _mallopt()
+    if mallopt is None:
+        return False
+    mmap_threshold, trim_threshold = _PROFILES[profile]
+    ok = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold))
+    return bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold)) and ok
