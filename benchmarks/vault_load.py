@@ -13,6 +13,8 @@ Per backend (data under /work/bench-data/vault-load/<backend>, removed afterward
 2. Setup through the API: vault credentials, ``--agents`` machines registered with them
    (``POST /machines/register``, timed), a daily policy, ``--items`` files items spread over the
    machines (``POST /items``, timed).
+2b. Cost (``--cost N``): N heartbeats, then N empty polls (wait=0), four at a time; the vault
+   process's CPU seconds per request, which the neighbours' load does not change.
 3. Load: every simulated agent (its own httpx.AsyncClient, 2 connections) heartbeats every
    ``--heartbeat`` seconds and long-polls ``GET /work?wait=--poll-wait`` back to back, starting
    at a random moment in the first ``--ramp`` seconds. An operator task queues on-demand
@@ -61,6 +63,7 @@ from vault_bench_support import (  # noqa: E402
     CpuMonitor,
     PgCluster,
     VaultServer,
+    cpu_seconds,
     latency_summary,
     log,
     machine,
@@ -158,6 +161,7 @@ async def setup(
                 "os": "Debian 12",
                 "agent_version": "0.1.0",
                 "key_fingerprint": os.urandom(16).hex(),
+                "key_proof": os.urandom(32).hex(),
                 "key_set": {
                     "id": os.urandom(8).hex(),
                     "body": json.dumps({"kdf": "bench", "wrapped": "x" * 200}),
@@ -165,7 +169,15 @@ async def setup(
                 "credentials": creds["content"],
                 "credentials_name": creds["file_name"],
             }
-            got = _check(await plain.post("/machines/register", json=body), f"register {host}")
+            for attempt in range(3):
+                try:
+                    # Registering again with the same fingerprint and proof is allowed: a retry
+                    # after a dropped keep-alive connection is safe.
+                    got = _check(await plain.post("/machines/register", json=body), f"register {host}")
+                    break
+                except (httpx.ReadError, httpx.RemoteProtocolError):
+                    if attempt == 2:
+                        raise
             return Agent(got["machine_id"], got["token"], host)
 
         t0 = time.perf_counter()
@@ -190,7 +202,20 @@ async def setup(
                 "paths": [f"/srv/data{i // n_agents}"],
                 "policy": POLICY,
             }
-            got = _check(await client.post("/items", json=body), "enable protection")
+            for attempt in range(3):
+                try:
+                    resp = await client.post("/items", json=body)
+                    break
+                except (httpx.ReadError, httpx.RemoteProtocolError):
+                    # uvicorn closes keep-alive connections idle for 5 s; a request sent on one
+                    # just then is lost. Try again; if the first one did arrive, look it up.
+                    if attempt == 2:
+                        raise
+            if resp.status_code == 409 and resp.json().get("code") == "ResourceExists":
+                listed = await client.get("/items", params={"machine_id": agent.machine_id})
+                got = next(i for i in _check(listed, "list items") if i["name"] == body["name"])
+            else:
+                got = _check(resp, "enable protection")
             agent.items.append(got["id"])
 
         t0 = time.perf_counter()
@@ -388,6 +413,49 @@ class LoadRun:
             if task.exception() is not None:
                 self.stats.error("task", task.exception())  # type: ignore[arg-type]
         return self.stats
+
+
+async def cost_phase(url: str, agents: list[Agent], server_pid: int, count: int) -> dict[str, Any]:
+    """The vault's CPU time per request, which the machine's other load does not change.
+
+    ``count`` heartbeats, then ``count`` polls with wait=0 (nothing queued: the empty answer),
+    four at a time from as many agents; the server process's user+system CPU seconds over
+    each batch divided by its requests. Wall-clock latency on a shared 2-core machine says
+    how busy the neighbours were; this says what a request costs.
+    """
+    out: dict[str, Any] = {"requests": count}
+    limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+    async with httpx.AsyncClient(base_url=url + API, limits=limits, timeout=120, verify=SSL_CTX) as client:
+
+        async def heartbeat(i: int) -> None:
+            agent = agents[i % len(agents)]
+            body = {
+                "hostname": agent.hostname,
+                "agent_version": "0.1.0",
+                "agent_status": "Ready",
+                "extensions": [],
+            }
+            headers = {"Authorization": f"Bearer {agent.token}"}
+            resp = await client.post(f"/machines/{agent.machine_id}/heartbeat", json=body, headers=headers)
+            _check(resp, "heartbeat")
+
+        async def poll(i: int) -> None:
+            agent = agents[i % len(agents)]
+            headers = {"Authorization": f"Bearer {agent.token}"}
+            resp = await client.get(f"/machines/{agent.machine_id}/work", params={"wait": 0}, headers=headers)
+            _check(resp, "poll")
+
+        for name, fn in (("heartbeat", heartbeat), ("empty_poll", poll)):
+            await _bounded(min(count, 50), 4, fn)  # warm up (connections, caches)
+            cpu0, t0 = cpu_seconds(server_pid), time.perf_counter()
+            _, lat = await _bounded(count, 4, fn)
+            cpu, wall = cpu_seconds(server_pid) - cpu0, time.perf_counter() - t0
+            out[name] = {
+                "cpu_ms_per_request": round(1000 * cpu / count, 2),
+                "wall_s": round(wall, 2),
+                **latency_summary(lat),
+            }
+    return out
 
 
 def load_report(stats: LoadStats, args: argparse.Namespace) -> dict[str, Any]:
@@ -627,7 +695,7 @@ def scheduler_tick_phase(
 
 def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     """All phases on one database backend."""
-    base = OUT / backend
+    base = args.out / backend
     cluster: PgCluster | None = None
     server: VaultServer | None = None
     monitor: CpuMonitor | None = None
@@ -657,6 +725,9 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
             setup(server.url, server.token, args.agents, args.items, args.concurrency)
         )
         rec["setup"]["cpu"] = monitor.mean(since=t)
+        if args.cost:
+            rec["cost"] = asyncio.run(cost_phase(server.url, agents, server.pid, args.cost))
+            log(f"cost: {json.dumps(rec['cost'])}")
         if not args.skip_load:
             spy = None
             if args.profile:
@@ -669,7 +740,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
             rec["load"] = load_report(stats, args)
             rec["load"]["cpu"] = monitor.mean(since=t + args.ramp, until=t + args.duration)
             rec["load"]["quiet"] = quiet_report(stats, monitor, t, args.ramp)
-            save_timeline(stats, monitor, t, OUT / f"timeline-{backend}.json")
+            save_timeline(stats, monitor, t, args.out / f"timeline-{backend}.json")
             if spy is not None:
                 spy.wait(timeout=args.duration + 60)
                 rec["load"]["profile"] = summarize_profile(base.parent / f"{backend}-serve-load.raw")
@@ -762,6 +833,13 @@ def render(results: dict[str, Any]) -> str:
                     quiet["quiet_seconds"],
                 )
                 lines.append(_row(rec["backend"], names[key], *cells))
+    lines += ["", _row("backend", "request", "vault CPU ms each", "p50 ms", "p99 ms"), _row(*["---"] * 5)]
+    for rec in results["backends"]:
+        cost = rec.get("cost") or {}
+        for key in ("heartbeat", "empty_poll"):
+            c = cost.get(key)
+            if c:
+                lines.append(_row(rec["backend"], key, c["cpu_ms_per_request"], c["p50_ms"], c["p99_ms"]))
     lines += ["", _row("backend", "step", "seconds", "notes"), _row(*["---"] * 4)]
     for rec in results["backends"]:
         name = rec["backend"]
@@ -812,19 +890,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trigger-rate", type=float, default=5.0, help="on-demand backups queued per second")
     parser.add_argument("--concurrency", type=int, default=16, help="parallel requests while setting up")
     parser.add_argument("--scheduler-timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--cost", type=int, default=2000, help="requests for the CPU-per-request phase (0: skip it)"
+    )
     parser.add_argument("--skip-load", action="store_true")
     parser.add_argument("--skip-scheduler", action="store_true")
     parser.add_argument("--profile", action="store_true", help="py-spy the server under load and the tick")
     parser.add_argument("--gil", action="store_true", help="with --profile: only samples holding the GIL")
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
-    parser.add_argument("--results", type=Path, default=OUT / "results.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=OUT,
+        help="working data, profiles and timelines (one run at a time per dir)",
+    )
+    parser.add_argument("--results", type=Path, default=None, help="default: OUT/results.json")
     args = parser.parse_args(argv)
     if args.ramp is None:
         args.ramp = args.poll_wait  # polls spread over their wait, as agents that started at random times
     if args.cmd == "tick":
         tick_child(args.data, args.at, args.spread)
         return 0
-    OUT.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.results is None:
+        args.results = args.out / "results.json"
     results: dict[str, Any] = {
         "args": vars(args) | {"results": str(args.results)},
         "machine": machine(),

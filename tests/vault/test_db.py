@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
 
 from kluis.catalog import KluisError
-from kluis.vault.db import open_database
+from kluis.vault.db import open_database, session
 from kluis.vault.db.migrate import current_revision, head_revision
 from kluis.vault.db.models import Base
+from kluis.vault.db.session import Database
 
 
 def test_migrations_match_the_models(new_db_url: Callable[[], str]) -> None:
@@ -52,3 +56,35 @@ def test_unreachable_database_is_a_catalog_error() -> None:
     with pytest.raises(KluisError) as info:
         open_database("postgresql://nobody@127.0.0.1:1/none", "v")
     assert info.value.code == "VaultDatabaseUnavailable"
+
+
+def test_sqlite_writers_leave_checkpoints_to_the_checkpoint_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writer that checkpoints would fsync while holding the write lock; here none does,
+    # and the thread (every SQLITE_CHECKPOINT_SECONDS) moves the WAL into the database file.
+    monkeypatch.setattr(session, "SQLITE_CHECKPOINT_SECONDS", 0.2)
+    path = tmp_path / "v.db"
+    db = Database(f"sqlite:///{path}")
+    try:
+        stop = threading.Event()
+        stop.set()  # the first checkpoint thread ends at once: none runs during the writes
+        db._stop_checkpoints = stop
+        with db.write() as s:
+            s.execute(text("CREATE TABLE t (x TEXT)"))
+        for _ in range(1200):  # more pages than SQLite's own auto-checkpoint threshold (1000)
+            with db.write() as s:
+                s.execute(text("INSERT INTO t VALUES (:x)"), {"x": "y" * 3000})
+        assert path.stat().st_size < 100_000  # all of it still in the WAL
+        assert Path(f"{path}-wal").stat().st_size > 3_000_000
+        db._stop_checkpoints = threading.Event()
+        db._checkpointer = None  # the next write starts a thread that keeps running
+        with db.write() as s:
+            s.execute(text("INSERT INTO t VALUES ('z')"))
+        deadline = time.monotonic() + 10
+        while path.stat().st_size < 3_000_000 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert path.stat().st_size > 3_000_000
+    finally:
+        db.dispose()
+    assert db._checkpointer is not None and not db._checkpointer.is_alive()

@@ -13,6 +13,11 @@ under load a newcomer keeps winning against a writer that happens to be asleep: 
 1,000 agents heartbeating, some heartbeats waited over a minute (benchmarks/RESULTS-vault.md).
 The Python lock hands the write lock on without sleeping; other processes still meet
 the busy handler.
+
+A writer also never runs a WAL checkpoint (``wal_autocheckpoint=0``): the checkpoint's
+fsync could take seconds while other processes flood the disk, and the writer would hold
+the write lock all that time. A thread of the process checkpoints instead (PASSIVE: it
+neither waits for nor blocks writers).
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ def redact(url: str) -> str:
 SQLITE_READ_POOL = 48
 # Writers queue on the process's write lock before they take a connection, so few are needed.
 SQLITE_WRITE_POOL = 4
+# How often the checkpoint thread moves WAL pages into the database file.
+SQLITE_CHECKPOINT_SECONDS = 5.0
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
@@ -65,6 +72,8 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=60000")
+        if immediate:
+            cur.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread does it
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -91,6 +100,8 @@ class Database:
         # Reentrant: a nested write in one thread meets SQLite's busy handler as before,
         # rather than hanging on this lock for good.
         self._write_lock: threading.RLock | None = threading.RLock() if self.dialect == "sqlite" else None
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
 
     @property
     def is_sqlite(self) -> bool:
@@ -100,8 +111,40 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A transaction that may write; commits on success, rolls back on error."""
+        if self._write_lock is not None and self._checkpointer is None:
+            self._start_checkpoints()
         with self._write_lock or nullcontext(), self._write.begin() as session:
             yield session
+
+    def _start_checkpoints(self) -> None:
+        with self._write_lock or nullcontext():
+            if self._checkpointer is not None:
+                return
+            thread = threading.Thread(
+                target=self._checkpoint_loop, name="kluis-sqlite-checkpoint", daemon=True
+            )
+            self._checkpointer = thread
+        thread.start()
+
+    def _checkpoint_loop(self) -> None:
+        """PASSIVE checkpoints on a connection of its own, outside the write lock, until dispose."""
+        while not self._stop_checkpoints.wait(SQLITE_CHECKPOINT_SECONDS):
+            try:
+                self.checkpoint()
+            except Exception:  # a busy or closing database: try again next time
+                continue
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """One PASSIVE WAL checkpoint (SQLite): (busy, WAL frames, frames checkpointed)."""
+        # A raw connection in autocommit: inside a transaction the checkpoint could not run.
+        raw = self.read_engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            busy, frames, done = cur.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            cur.close()
+        finally:
+            raw.close()
+        return int(busy), int(frames), int(done)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -114,7 +157,10 @@ class Database:
             session.close()
 
     def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (and stop the checkpoint thread)."""
+        self._stop_checkpoints.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=10)
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
