@@ -7,16 +7,19 @@ do (``tests.vault.helpers.Agent``). The lease tests stop the server last.
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import tomli_w
 
 from kluis.vault.config import CONFIG_NAME, VaultConfig
+from kluis.vault.db.models import ProtectedItem
 from tests.agent.helpers import VaultServer, wait_for
 from tests.doctor.helpers import run_vault_doctor
 from tests.vault.helpers import Agent
@@ -144,3 +147,42 @@ def test_vault_configuration_invalid(vault: VaultServer, tmp_path: Path) -> None
     for later in ("vault-database", "vault-store"):
         assert report.verdict(later) == "skip", report.check(later)
     assert report.rc != 0
+
+
+def test_scheduled_run_missed_while_the_scheduler_was_off(workdir: Path) -> None:
+    """Protection set up three days ago on a vault whose scheduler is switched off."""
+    server = VaultServer(workdir / "vault-no-scheduler", scheduler_enabled=False).start()
+    try:
+        agent = Agent(server).registered()
+        item = server.item(agent.machine_id, server.policy()["id"], name="never-scheduled")
+        with server.db.write() as s:
+            row = s.get(ProtectedItem, item["id"])
+            assert row is not None
+            row.created_at = row.created_at - dt.timedelta(days=3)
+            assert row.last_slot_at is not None
+            row.last_slot_at = row.last_slot_at - dt.timedelta(days=3)
+        report = run_vault_doctor(server.data)
+        check = report.check("scheduled-runs")
+        assert check["verdict"] == "warn" and check["error"]["code"] == "ScheduledBackupNotRun", check
+        params = check["error"]["params"]
+        assert params["item"] == f"never-scheduled on {agent.hostname}"
+        assert "switched off" in params["reason"] and "[scheduler]" in check["fix"]
+        # 02:30 Amsterdam is the policy's time: the missed run is the latest one before now.
+        due = dt.datetime.fromisoformat(params["due"]).astimezone(ZoneInfo("Europe/Amsterdam"))
+        assert (due.hour, due.minute) == (2, 30)
+        assert dt.datetime.now(dt.UTC) - due < dt.timedelta(days=1, hours=2)
+    finally:
+        server.kill()
+    # With the scheduler on, the vault handles the missed run once, and the check passes.
+    server.config.scheduler_enabled = True
+    server.config.save(server.data / CONFIG_NAME)
+    server.start()
+    try:
+        wait_for(
+            lambda: server.ok("GET", "/api/v1/jobs", params={"item_id": item["id"], "type": "Backup"}),
+            what="the missed run's job",
+        )
+        assert run_vault_doctor(server.data).verdict("scheduled-runs") == "pass"
+    finally:
+        server.kill()
+        server.close()

@@ -280,6 +280,59 @@ def check_items(ctx: VaultDoctorContext) -> Result:
     )
 
 
+def check_schedule(ctx: VaultDoctorContext) -> Result:
+    """Every protected item's latest scheduled run, once its spread window is over, became a job."""
+    from sqlalchemy import select
+
+    from kluis.vault import lease
+    from kluis.vault.db.migrate import SCHEDULER_LEASE
+    from kluis.vault.db.models import Machine, Policy, ProtectedItem
+    from kluis.vault.schedule import Schedule, previous_run, spread_offset
+
+    cfg = ctx.config
+    # The scheduler creates a run's job up to `spread` seconds after it is due (each item has
+    # its own offset), on its next tick; a minute more covers a busy database.
+    slack = dt.timedelta(seconds=2 * cfg.scheduler_interval + 60)
+    missed: list[tuple[str, str, dt.datetime]] = []
+    with ctx.db.read() as s:
+        rows = s.execute(
+            select(ProtectedItem, Machine.hostname, Policy)
+            .join(Machine, Machine.id == ProtectedItem.machine_id)
+            .join(Policy, Policy.id == ProtectedItem.policy_id)
+            .where(ProtectedItem.state == "Protected")
+            .order_by(ProtectedItem.name)
+        ).all()
+        for item, hostname, policy in rows:
+            delay = dt.timedelta(
+                seconds=spread_offset(item.id, cfg.schedule_spread) if cfg.schedule_spread else 0
+            )
+            due = previous_run(Schedule.from_dict(policy.schedule), ctx.now - delay - slack)
+            if due <= item.created_at:
+                continue  # protection began after that run
+            if item.last_slot_at is None or item.last_slot_at < due:
+                missed.append((item.name, hostname, due))
+    if not missed:
+        return passed(f"the latest scheduled run of every protected item became a job ({len(rows)} items)")
+    held = lease.info(ctx.db, SCHEDULER_LEASE)
+    if not held.held(ctx.now):
+        reason = "no vault process held the scheduler lease then or holds it now"
+        if not cfg.scheduler_enabled:
+            reason += f" (the scheduler is switched off in {ctx.config_path})"
+        fix = "start the vault with `enabled = true` under [scheduler]: `systemctl start kluis-vault`"
+    else:
+        reason = f"the scheduler ({held.holder}) has not handled it; its log says why"
+        fix = "journalctl -u kluis-vault, then `kluis backup now ITEM` for the item"
+    name, hostname, due = missed[0]
+    error = KluisError(
+        "ScheduledBackupNotRun", item=f"{name} on {hostname}", due=due.isoformat(), reason=reason
+    )
+    return warned(
+        error,
+        fix,
+        details={"items": [{"item": n, "machine": h, "due": d.isoformat()} for n, h, d in missed]},
+    )
+
+
 CHECKS: list[Check[VaultDoctorContext]] = [
     Check("vault-config", "Vault configuration", check_config, ("VaultConfigInvalid",)),
     Check("vault-database", "Database reachable", check_database, ("VaultDatabaseUnavailable",)),
@@ -315,6 +368,13 @@ CHECKS: list[Check[VaultDoctorContext]] = [
         "Items failing repeatedly",
         check_items,
         ("ItemBackupsFailing",),
+        requires=("vault-migrations",),
+    ),
+    Check(
+        "scheduled-runs",
+        "Scheduled backups ran",
+        check_schedule,
+        ("ScheduledBackupNotRun",),
         requires=("vault-migrations",),
     ),
 ]
