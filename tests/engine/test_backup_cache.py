@@ -207,3 +207,32 @@ def test_file_node_matches_node_from_stat(tmp_path: Path) -> None:
     st = os.lstat(f)
     full = node_from_stat("f", st, "file", os.fsencode(f))
     assert file_node("f", st, full.xattrs) == full
+
+
+def test_single_file_sources_use_the_store(tmp_path: Path) -> None:
+    src = make_tree(tmp_path)
+    one = src / "a" / "top.txt"
+    repo = new_repo(tmp_path / "repo")
+    cache = ChecksumStore(tmp_path / "cs.db")
+    first = FileBackup(repo, checksum_store=cache).run([one, src / "b"])
+    second = FileBackup(repo, checksum_store=cache).run([one, src / "b"])
+    assert first.files_read == 8 and second.files_read == 0
+    out = tmp_path / "out"
+    Restorer(reopen(repo), second.point_id, out).run()
+    assert (out / str(one).lstrip("/")).read_bytes() == one.read_bytes()
+    assert snapshot_tree(out / str(src / "b").lstrip("/")) == snapshot_tree(src / "b")
+
+
+def test_nonces_differ_and_blobs_decode(tmp_path: Path) -> None:
+    from kluis.engine.blobs import BlobCodec
+    from kluis.engine.format import NONCE_SIZE, BlobType
+
+    repo = new_repo(tmp_path / "repo")
+    codec = BlobCodec(repo.keys)
+    data = b"same plaintext" * 100
+    blob_id = codec.chunk_id(data)
+    encoded = [codec.encode(blob_id, BlobType.DATA, data) for _ in range(3)]
+    nonces = {blob[:NONCE_SIZE] for blob, _ in encoded}
+    assert len(nonces) == 3
+    for blob, flags in encoded:
+        assert BlobCodec(repo.keys).decode(blob_id, BlobType.DATA, flags, blob, len(data)) == data

@@ -20,12 +20,9 @@ log; the recovery point is then "completed with warnings", not failed.
 
 from __future__ import annotations
 
-import fnmatch
 import marshal
 import operator
 import os
-import re
-import socket
 import stat
 import threading
 import time
@@ -39,6 +36,7 @@ from typing import Any
 import blake3
 
 from kluis.catalog import KluisError, Severity
+from kluis.engine.backup_options import BackupOptions, BackupResult, ExclusionRules
 from kluis.engine.backup_read import Batch, Cancelled, FileOutcome, FileReader, Pending, file_error
 from kluis.engine.checksum_store import ChecksumStore, DirRow, FileRow, decode_content, decode_xattrs
 from kluis.engine.failed_files import FailedFilesLog
@@ -60,6 +58,8 @@ from kluis.engine.trees import (
 )
 from kluis.engine.tuning import tune_allocator
 
+__all__ = ["BackupOptions", "BackupResult", "ExclusionRules", "FileBackup", "file_node"]
+
 _MAX_IN_FLIGHT = 256
 _MAX_PENDING_DIRS = 1024
 # Small files go to the workers in batches: one task per this many files or bytes.
@@ -77,58 +77,6 @@ _TYPES = {
 _NAME = operator.attrgetter("name")
 _OWNER = operator.itemgetter(6, 7)
 _NO_TREE = bytes(32)  # a mount point left out with --one-file-system: no subtree
-
-
-@dataclass
-class BackupOptions:
-    """What to leave out and how hard to work."""
-
-    excludes: Sequence[str] = ()
-    exclude_if_present: Sequence[str] = ()
-    one_file_system: bool = False
-    threads: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
-    hostname: str = field(default_factory=socket.gethostname)
-    item: str | None = None
-    tags: Sequence[str] = ()
-
-
-@dataclass
-class BackupResult:
-    """What a finished backup reports."""
-
-    point_id: str
-    status: str
-    files: int
-    dirs: int
-    bytes: int
-    new_bytes: int
-    stored_bytes: int
-    warnings: int
-    files_read: int
-    failed_files_log: str | None
-    seconds: float
-    first_warnings: list[dict[str, str]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        """For job reports and ``--json``."""
-        return dict(self.__dict__)
-
-
-class ExclusionRules:
-    """Glob patterns: without a slash they match a name, with one the whole path."""
-
-    def __init__(self, patterns: Sequence[str]) -> None:
-        names = [p for p in patterns if "/" not in p]
-        paths = [p.rstrip("/") for p in patterns if "/" in p]
-        self._name_re = re.compile("|".join(fnmatch.translate(p) for p in names)) if names else None
-        self._path_re = re.compile("|".join(fnmatch.translate(p) for p in paths)) if paths else None
-        self.active = bool(names or paths)
-
-    def excluded(self, path: str, name: str) -> bool:
-        """Whether a path is excluded."""
-        if self._name_re is not None and self._name_re.match(name):
-            return True
-        return self._path_re is not None and self._path_re.match(path) is not None
 
 
 @dataclass(slots=True)
@@ -308,7 +256,8 @@ class FileBackup:
                 else:
                     kids.append(self._walk(entry.path, None))
             self.progress.files += len(kept) - len(dirs)
-            self.progress.bytes += size
+            with self._lock:  # workers add to the same counter
+                self.progress.bytes += size
         else:
             self._walk_changed(job)
         self._pending_dirs.append(job)
@@ -370,7 +319,8 @@ class FileBackup:
                 job.refs.extend(ids)
                 job.items.append(item)
                 self.progress.files += 1
-                self.progress.bytes += st.st_size
+                with self._lock:
+                    self.progress.bytes += st.st_size
                 if st.st_nlink > 1:
                     self._hardlinks[key] = (rel, item)
                 return
