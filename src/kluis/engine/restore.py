@@ -260,9 +260,8 @@ class Restorer:
                     self._submit(dir_fd, batch, acl)
                     batch = _Batch()
             else:
-                if batch.items:
-                    self._submit(dir_fd, batch, acl)
-                    batch = _Batch()
+                # Links, devices and FIFOs are made here; files waiting in the batch do not
+                # matter to them (a hard link's first name was sent off on its own).
                 self._restore_special(dir_fd, comps, name, child_rel, node, acl)
             self._report(self.progress)
         if batch.items:
