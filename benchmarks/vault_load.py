@@ -32,19 +32,19 @@ Per backend (data under /work/bench-data/vault-load/<backend>, removed afterward
    with the controllable clock one day later plus the default spread (1800 s), so every item is
    due in that one tick; the tick is timed (and profiled with ``--profile``).
 
-Results: /work/bench-data/vault-load/results.json, and markdown tables on stdout.
+Results: OUT/results.json (``--out``, default /work/bench-data/vault-load), a timeline per backend
+beside it, and markdown tables on stdout. The scheduler phases are in vault_sched.py, the tables
+in vault_report.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import os
 import random
 import ssl
-import subprocess
 import sys
 import time
 import traceback
@@ -59,7 +59,6 @@ sys.path.insert(0, str(HERE))
 
 from vault_bench_support import (  # noqa: E402
     BENCH_DATA,
-    PYTHON,
     CpuMonitor,
     PgCluster,
     VaultServer,
@@ -70,6 +69,8 @@ from vault_bench_support import (  # noqa: E402
     py_spy,
     summarize_profile,
 )
+from vault_report import render  # noqa: E402
+from vault_sched import scheduler_loop_phase, scheduler_tick_phase, tick_child  # noqa: E402
 
 API = "/api/v1"
 OUT = BENCH_DATA / "vault-load"
@@ -527,169 +528,6 @@ def save_timeline(stats: LoadStats, monitor: CpuMonitor, t0: float, path: Path) 
     path.write_text(json.dumps(series))
 
 
-# -- scheduler ------------------------------------------------------------------------------------
-
-
-def _count_scheduled(db: Any) -> tuple[int, dt.datetime | None, dt.datetime | None, dt.datetime | None]:
-    from sqlalchemy import func, select
-
-    from kluis.vault.db.models import Job, Lease
-
-    with db.read() as s:
-        count, first, last = s.execute(
-            select(func.count(), func.min(Job.created_at), func.max(Job.created_at)).where(
-                Job.type == "Backup", Job.trigger == "Scheduled"
-            )
-        ).one()
-        expires = s.scalar(select(Lease.expires_at).where(Lease.name == "scheduler"))
-    return int(count), first, last, expires
-
-
-def scheduler_loop_phase(server: VaultServer, admin: str, n_items: int, timeout: float) -> dict[str, Any]:
-    """Set the daily time to the next minute and watch the server's own loop create the jobs."""
-    from kluis.vault.db.session import Database
-
-    cfg = server.config()
-    db = Database(cfg.db_url)
-    try:
-        now = dt.datetime.now(dt.UTC)
-        at = (now + dt.timedelta(seconds=75)).replace(second=0, microsecond=0)
-        schedule = {"kind": "daily", "timezone": "UTC", "times": [at.strftime("%H:%M")]}
-        resp = httpx.put(
-            f"{server.url}{API}/policies/{POLICY}",
-            json={"schedule": schedule},
-            headers={"Authorization": f"Bearer {admin}"},
-            timeout=60,
-        )
-        _check(resp, "policy change")
-        log(f"scheduler (server loop): policy time {at:%H:%M:%S} UTC, waiting")
-        renewals: list[dt.datetime] = []
-        count = 0
-        first = last = None
-        reached: float | None = None
-        deadline = at.timestamp() + timeout
-        while time.time() < deadline:
-            count, first, last, expires = _count_scheduled(db)
-            if expires is not None:
-                renewed = expires - dt.timedelta(seconds=cfg.lease_ttl)
-                if not renewals or renewals[-1] != renewed:
-                    renewals.append(renewed)
-            if count >= n_items:
-                reached = time.time()
-                break
-            time.sleep(0.25)
-        tick_start = max((r for r in renewals if first is not None and r <= first), default=None)
-        out: dict[str, Any] = {
-            "policy_time": at.isoformat(),
-            "jobs": count,
-            "interval_s": cfg.scheduler_interval,
-            "spread_s": cfg.schedule_spread,
-        }
-        if first is not None and last is not None:
-            out["policy_time_to_first_job_s"] = round((first - at).total_seconds(), 2)
-            out["policy_time_to_all_jobs_s"] = round((last - at).total_seconds(), 2)
-            if tick_start is not None:
-                out["tick_start_to_first_job_s"] = round((first - tick_start).total_seconds(), 2)
-                out["tick_start_to_all_jobs_s"] = round((last - tick_start).total_seconds(), 2)
-        if reached is None:
-            out["timed_out"] = True
-        return out
-    finally:
-        db.dispose()
-
-
-def cancel_scheduled(server: VaultServer) -> int:
-    """Set-up for the in-process tick: end the scheduled jobs, as if their agents had run them."""
-    from sqlalchemy import update
-
-    from kluis.vault.db.models import Job
-    from kluis.vault.db.session import Database
-    from kluis.vault.db.types import utcnow
-
-    db = Database(server.config().db_url)
-    try:
-        with db.write() as s:
-            done: Any = s.execute(
-                update(Job)
-                .where(Job.type == "Backup", Job.status.in_(("InProgress", "Cancelling")))
-                .values(status="Cancelled", ended_at=utcnow(), updated_at=utcnow())
-            )
-            return int(done.rowcount or 0)
-    finally:
-        db.dispose()
-
-
-def tick_child(data: Path, at: str, spread: int) -> None:
-    """In a child process: one ``Scheduler.tick`` at ``at`` on the vault in ``data``; prints JSON."""
-    from kluis.vault.app import open_context
-    from kluis.vault.config import VaultConfig
-    from kluis.vault.scheduler import Scheduler
-
-    cfg = VaultConfig.load(data / "vault.toml")
-    cfg.schedule_spread = spread
-    ctx = open_context(cfg)
-    try:
-        now = dt.datetime.fromisoformat(at)
-        t0 = time.perf_counter()
-        due = Scheduler(ctx).due_items(now)
-        t_due = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        counts = Scheduler(ctx).tick(now)
-        seconds = time.perf_counter() - t0
-    finally:
-        ctx.close()
-    print(
-        json.dumps(
-            {"seconds": round(seconds, 2), "due_items_seconds": round(t_due, 2), "due": len(due), **counts}
-        )
-    )
-
-
-def scheduler_tick_phase(
-    server: VaultServer, policy_time: str, n_items: int, profile: Path | None
-) -> dict[str, Any]:
-    """The in-process tick one day later plus the default spread, timed in a child process."""
-    cancelled = cancel_scheduled(server)
-    at = (dt.datetime.fromisoformat(policy_time) + dt.timedelta(days=1, seconds=1801)).isoformat()
-    argv = [
-        str(PYTHON),
-        str(Path(__file__).resolve()),
-        "tick",
-        "--data",
-        str(server.data),
-        "--at",
-        at,
-        "--spread",
-        "1800",
-    ]
-    if profile is not None:
-        spy = str(Path(PYTHON).parent / "py-spy")
-        argv = [
-            spy,
-            "record",
-            "--format",
-            "raw",
-            "--nolineno",
-            "--rate",
-            "50",
-            "--output",
-            str(profile),
-            "--",
-            *argv,
-        ]
-    log(f"scheduler (in process): tick at {at} over {n_items} items")
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=3600)
-    if done.returncode != 0:
-        raise RuntimeError(f"tick failed: {done.stderr[-3000:]}")
-    # py-spy writes its own lines to stdout too: the answer is the line that is a JSON object.
-    result: dict[str, Any] = json.loads(
-        [line for line in done.stdout.splitlines() if line.startswith("{")][-1]
-    )
-    result["set_up_cancelled_jobs"] = cancelled
-    result["clock"] = at
-    return result
-
-
 # -- one backend ----------------------------------------------------------------------------------
 
 
@@ -777,92 +615,6 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
 
             shutil.rmtree(base, ignore_errors=True)
     return rec
-
-
-# -- report ---------------------------------------------------------------------------------------
-
-
-def _row(*cells: object) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
-def render(results: dict[str, Any]) -> str:
-    """Markdown tables of the results."""
-    lines = [
-        _row("backend", "what", "count", "p50 ms", "p90 ms", "p99 ms", "max ms"),
-        _row(*["---"] * 7),
-    ]
-    names = {
-        "heartbeat": "heartbeat",
-        "delivery": "long-poll return with a job (trigger sent -> poll returned)",
-        "poll_empty_overshoot": "empty long-poll, time past its wait",
-        "trigger_post": "on-demand backup POST",
-        "result_post": "job result POST",
-        "loadgen_loop_lag": "load generator event-loop lag",
-    }
-    for rec in results["backends"]:
-        load = rec.get("load") or {}
-        for key, label in names.items():
-            s = load.get(key)
-            if s:
-                lines.append(
-                    _row(
-                        rec["backend"], label, s["count"], s["p50_ms"], s["p90_ms"], s["p99_ms"], s["max_ms"]
-                    )
-                )
-    lines += [
-        "",
-        "Requests during which (and 10 s before) the rest of the machine kept < 0.3 cores busy:",
-        "",
-    ]
-    lines += [
-        _row("backend", "what", "count", "p50 ms", "p90 ms", "p99 ms", "max ms", "quiet s"),
-        _row(*["---"] * 8),
-    ]
-    for rec in results["backends"]:
-        quiet = (rec.get("load") or {}).get("quiet") or {}
-        for key in ("heartbeat", "delivery"):
-            s = quiet.get(key)
-            if s:
-                cells = (
-                    s["count"],
-                    s["p50_ms"],
-                    s["p90_ms"],
-                    s["p99_ms"],
-                    s["max_ms"],
-                    quiet["quiet_seconds"],
-                )
-                lines.append(_row(rec["backend"], names[key], *cells))
-    lines += ["", _row("backend", "request", "vault CPU ms each", "p50 ms", "p99 ms"), _row(*["---"] * 5)]
-    for rec in results["backends"]:
-        cost = rec.get("cost") or {}
-        for key in ("heartbeat", "empty_poll"):
-            c = cost.get(key)
-            if c:
-                lines.append(_row(rec["backend"], key, c["cpu_ms_per_request"], c["p50_ms"], c["p99_ms"]))
-    lines += ["", _row("backend", "step", "seconds", "notes"), _row(*["---"] * 4)]
-    for rec in results["backends"]:
-        name = rec["backend"]
-        setup_rec = rec.get("setup") or {}
-        for key in ("register", "items"):
-            s = setup_rec.get(key)
-            if s:
-                each = f"p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms each"
-                lines.append(_row(name, f"{key} ({s['count']})", s["seconds"], each))
-        loop = rec.get("scheduler_loop") or {}
-        if loop:
-            what = f"scheduler, server loop: policy time -> all {loop.get('jobs')} jobs"
-            notes = (
-                f"tick start -> all jobs {loop.get('tick_start_to_all_jobs_s')} s, "
-                f"interval {loop.get('interval_s')} s"
-            )
-            lines.append(_row(name, what, loop.get("policy_time_to_all_jobs_s"), notes))
-        tick = rec.get("scheduler_tick") or {}
-        if tick:
-            what = f"scheduler, in-process tick ({tick.get('created')} created)"
-            notes = f"due_items alone {tick.get('due_items_seconds')} s, spread 1800 s"
-            lines.append(_row(name, what, tick.get("seconds"), notes))
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
