@@ -94,6 +94,20 @@ def test_credentials_serve_and_alerts(initialised: dict[str, Any], tmp_path: Pat
     assert creds.vault_id == initialised["vault_id"]
     wrong = kluis("vault", "credentials", "--out", str(tmp_path / "x.txt"), "--data", str(data), check=False)
     assert wrong.returncode == 2
+    # A place the file cannot be written to: coded, and the file written before stays valid.
+    sealed = tmp_path / "sealed"
+    sealed.mkdir()
+    subprocess.run(["chattr", "+i", str(sealed)], check=True)
+    try:
+        refused = kluis(
+            "vault", "credentials", "--out", str(sealed), "--data", str(data), "--json", check=False
+        )
+    finally:
+        subprocess.run(["chattr", "-i", str(sealed)], check=True)
+    error = json.loads(refused.stdout)["error"]
+    assert refused.returncode == 3 and error["code"] == "VaultCredentialsDownloadFailed", refused.stdout
+    assert f"cannot write {sealed / path.name}" in error["params"]["reason"]
+    assert not list(sealed.iterdir())
 
     other_store = tmp_path / "elsewhere"
     port = free_port()

@@ -155,14 +155,27 @@ def make_credentials(
         if not target.name.endswith(credentials.EXTENSION):
             reason = f"the file name must end in {credentials.EXTENSION}; agents refuse other names"
             raise KluisError("ValidationFailed", reason=reason)
-        database = open_database(cfg.db_url, cfg.vault_id)
+        user = f"cli:{os.environ.get('USER', 'root')}"
+        # Open the file before issuing: a new file supersedes the old one, so a file that
+        # cannot be written must not cost the administrator the credentials they had.
+        existed = target.exists()
         try:
-            with database.write() as s:
-                creds = credentials.issue(s, cfg, created_by=f"cli:{os.environ.get('USER', 'root')}")
-        finally:
-            database.dispose()
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
+        except OSError as exc:
+            reason = f"cannot write {target}: {exc.strerror or exc}"
+            raise KluisError("VaultCredentialsDownloadFailed", user=user, reason=reason) from None
         with os.fdopen(fd, "w") as f:
+            database = open_database(cfg.db_url, cfg.vault_id)
+            try:
+                with database.write() as s:
+                    creds = credentials.issue(s, cfg, created_by=user)
+            except BaseException:
+                if not existed:
+                    target.unlink(missing_ok=True)
+                raise
+            finally:
+                database.dispose()
+            f.truncate(0)
             f.write(creds.to_json())
         result = {"file": str(target), "vault_id": cfg.vault_id, "expires_at": creds.expires_at.isoformat()}
         if as_json:
