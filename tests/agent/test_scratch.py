@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,7 +78,7 @@ def test_change_detection_state_damaged(tmp_path: Path) -> None:
     store = ChecksumStore(db)
     for i in range(300):
         store.set_meta(f"key{i}", "v" * 200)  # several pages of change-detection settings
-    store.record(b"/data/a", 1, 2, 3, 4, 5, ["00" * 32])
+    store.record(b"/data/a", 1, 2, 3, 4, 5, [bytes(32)])
     store.close()
     con = sqlite3.connect(db)
     (root,) = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'meta'").fetchone()
@@ -101,3 +105,34 @@ def test_registration_checks_name_what_failed(tmp_path: Path) -> None:
     assert _code(exc) == "0x1FC07" and "temporary area" in exc.value.message
     scratch.check_for_registration(tmp_path / "fine")
     assert (tmp_path / "fine" / "tmp").is_dir()
+
+
+def test_a_folder_on_a_fuse_file_system_is_refused(tmp_path: Path) -> None:
+    mnt = tmp_path / "fuse"
+    mnt.mkdir()
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.faultyfs", str(mnt)], cwd=root)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(mnt):
+            assert proc.poll() is None and time.monotonic() < deadline, "the FUSE file system did not mount"
+            time.sleep(0.05)
+        with pytest.raises(KluisError) as info:
+            scratch.check_folder(mnt, 0)
+        assert _code(info) == "ScratchFolderUnsupportedFs"
+        assert info.value.params["fstype"].startswith("fuse") and info.value.params["path"] == str(mnt)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+        proc.wait(timeout=10)
+
+
+def test_a_folder_on_tmpfs_is_usable_but_volatile(tmp_path: Path) -> None:
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)
+    try:
+        scratch.check_folder(mnt, 0)  # jobs run; `kluis doctor` warns (tests/doctor)
+        assert scratch.filesystem_type(mnt) in scratch.VOLATILE_FS
+        assert scratch.filesystem_type(tmp_path) not in scratch.VOLATILE_FS | scratch.NETWORK_FS
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)

@@ -576,3 +576,18 @@ def test_btrfs_mounted_but_btrfs_tool_missing(machine: Machine, workdir: Path) -
     finally:
         mounts.close()
         image.unlink(missing_ok=True)
+
+
+def test_scratch_folder_on_tmpfs_warns(vault: VaultServer, workdir: Path) -> None:
+    mnt = workdir / "tmpfs-scratch"
+    mnt.mkdir()
+    run("mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt))
+    try:
+        agent = register(vault, workdir, "doc-host-tmpfs", scratch=mnt / "scratch")
+        report = run_doctor(agent)
+    finally:
+        run("umount", "-l", str(mnt))
+    check = report.check("scratch-folder")
+    assert check["verdict"] == "warn" and check["error"]["code"] == "ScratchFolderUnsupportedFs", check
+    assert check["error"]["params"] == {"path": str(mnt / "scratch"), "fstype": "tmpfs"}
+    assert "kluis agent config set scratch DIR" in check["fix"]

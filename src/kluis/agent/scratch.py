@@ -40,6 +40,13 @@ FREE_SHARE = 0.05  # the seeds: free space of 5 to 10% of the data being protect
 MIN_FREE = 16 * 1024 * 1024  # room for the KEK file, state, logs and a small checksum store
 ESTIMATE_SECONDS = 10.0  # how long a first backup may spend sizing its sources
 _TEMP_PROBE = 1024 * 1024
+# Network and FUSE file systems: file locks and sparse files are unreliable there (SQLite
+# itself warns against them), and a dropped connection corrupts the checksum store.
+NETWORK_FS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "afs", "lustre", "gfs2", "ocfs2"}
+)
+# Emptied at every reboot, the KEK file with it: usable, but the doctor warns.
+VOLATILE_FS = frozenset({"tmpfs", "ramfs"})
 
 
 def human(n: float) -> str:
@@ -246,12 +253,30 @@ def check_for_registration(root: Path) -> None:
 # -- before every job -----------------------------------------------------------------------------
 
 
+def filesystem_type(path: Path) -> str:
+    """The type of the file system holding ``path`` (from /proc/self/mountinfo), or "" if unknown."""
+    from kluis.agent.extensions.snapshot.mounts import mount_of
+
+    try:
+        return mount_of(path).fstype
+    except OSError:
+        return ""
+
+
+def unsuitable_filesystem(fstype: str) -> bool:
+    """Whether the agent refuses a scratch folder on this file system type."""
+    return fstype in NETWORK_FS or fstype == "fuse" or fstype.startswith(("fuse.", "fuseblk"))
+
+
 def check_folder(root: Path, protected_bytes: int) -> tuple[int, int]:
-    """Exists, enough free space, writable; returns (free, needed) bytes."""
+    """Exists, on a local file system, enough free space, writable; returns (free, needed) bytes."""
     if not root.exists():
         raise KluisError("ScratchFolderInvalid", path=str(root), reason="it does not exist")
     if not root.is_dir():
         raise KluisError("ScratchFolderInvalid", path=str(root), reason="it is not a directory")
+    fstype = filesystem_type(root)
+    if unsuitable_filesystem(fstype):
+        raise KluisError("ScratchFolderUnsupportedFs", path=str(root), fstype=fstype)
     free = free_bytes(root)
     needed = max(MIN_FREE, int(protected_bytes * FREE_SHARE))
     if free < needed:

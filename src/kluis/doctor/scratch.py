@@ -15,7 +15,7 @@ from pathlib import Path
 from kluis.agent import scratch
 from kluis.catalog import KluisError
 from kluis.doctor.context import MachineContext
-from kluis.doctor.framework import Check, Result, catalog_checks, failed, passed
+from kluis.doctor.framework import Check, Result, catalog_checks, failed, passed, warned
 
 
 def item_ids(ctx: MachineContext) -> list[str]:
@@ -47,6 +47,12 @@ def check_scratch_folder(ctx: MachineContext) -> Result:
         free, needed = scratch.check_folder(layout.root, protected)
     except KluisError as exc:
         return failed(exc, _fix(exc, layout.root))
+    fstype = scratch.filesystem_type(layout.root)
+    if fstype in scratch.VOLATILE_FS:
+        error = KluisError("ScratchFolderUnsupportedFs", path=str(layout.root), fstype=fstype)
+        return warned(
+            error, "kluis agent config set scratch DIR (a folder on a local disk; stop the agent first)"
+        )
     return passed(
         f"{layout.root}: {scratch.human(free)} free, at least {scratch.human(needed)} needed",
         free=free,
@@ -89,7 +95,7 @@ CHECKS: list[Check[MachineContext]] = [
         "scratch-folder",
         "Scratch folder and free space",
         check_scratch_folder,
-        ("ScratchFolderInvalid", "SalLowDiskSpace"),
+        ("ScratchFolderInvalid", "SalLowDiskSpace", "ScratchFolderUnsupportedFs"),
     ),
     Check(
         "scratch-temp-area",
