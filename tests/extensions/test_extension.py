@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
 import json
+import os
 import socket
 import tarfile
 import threading
@@ -188,3 +190,34 @@ def test_no_network_disabled_and_noexec(
         blocked.install(EXTENSION_NAME, version, sha, lambda: path.read_bytes())
     assert exc.value.code == "ExtensionDirNoexec"
     assert str(noexec / "extensions") in exc.value.message
+
+
+def test_extension_directory_too_full_to_install(
+    tmp_path: Path, mounts: Mounts, package: tuple[Path, str, str]
+) -> None:
+    path, sha, version = package
+    small = mounts.mount("tmpfs", tmp_path / "small", "size=1m", fstype="tmpfs")
+    ext_dir = small / "extensions"
+    ext_dir.mkdir()
+    # Fill the file system, then give back a little: room for the exec probe, not for the package.
+    filler = small / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"\1" * 4096):
+            pass
+    except OSError as full:
+        assert full.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(0, filler.stat().st_size - 16 * 1024))
+    assert len(path.read_bytes()) > 16 * 1024, "the package should not fit in what is left"
+    ext = ExtensionManager(ext_dir, machine="web-01")
+    with pytest.raises(KluisError) as exc:
+        ext.install(EXTENSION_NAME, version, sha, lambda: path.read_bytes())
+    assert exc.value.code == "ExtensionInstallFailed", exc.value.message
+    assert exc.value.params["machine"] == "web-01" and "No space left" in exc.value.params["reason"]
+    assert ext.state(EXTENSION_NAME).code == "ExtensionInstallFailed"  # type: ignore[union-attr]
+    assert not list((ext_dir / EXTENSION_NAME).glob(".*.installing"))
+
+    filler.unlink()  # with room again, the same package installs
+    assert ext.install(EXTENSION_NAME, version, sha, lambda: path.read_bytes()).state == "succeeded"

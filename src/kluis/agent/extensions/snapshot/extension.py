@@ -230,8 +230,17 @@ class ExtensionManager:
             raise KluisError("ExtensionDirNoexec", path=str(self.dir))
         probe = self.dir / f".exec-probe-{os.getpid()}"
         try:
-            probe.write_text("#!/bin/sh\nexit 0\n")
-            probe.chmod(0o700)
+            try:
+                probe.write_text("#!/bin/sh\nexit 0\n")
+                probe.chmod(0o700)
+            except OSError as exc:
+                reason = f"{self.dir} does not take a file: {exc.strerror or exc}"
+                raise KluisError(
+                    "ExtensionInstallFailed",
+                    extension="snapshot extensions",
+                    machine=self.machine,
+                    reason=reason,
+                ) from exc
             try:
                 proc = subprocess.run([str(probe)], capture_output=True, timeout=10, check=False)
             except PermissionError as exc:
@@ -300,9 +309,18 @@ class ExtensionManager:
         shutil.rmtree(staging, ignore_errors=True)
         try:
             self._unpack(blob, staging, name, version)
-        except (ValueError, OSError, tarfile.TarError) as exc:
+        except (ValueError, tarfile.TarError) as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise self._op_failed(name, version, f"the package is not valid: {exc}") from exc
+        except OSError as exc:
+            # The package was fine (its checksum matched); the directory could not take it.
+            shutil.rmtree(staging, ignore_errors=True)
+            reason = f"writing it under {self.dir} failed: {exc.strerror or exc}"
+            raise self._fail(
+                name,
+                version,
+                KluisError("ExtensionInstallFailed", extension=name, machine=self.machine, reason=reason),
+            ) from exc
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
         reason = self._load_check(name, target)
