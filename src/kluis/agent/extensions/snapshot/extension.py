@@ -315,11 +315,11 @@ class ExtensionManager:
         except OSError as exc:
             # The package was fine (its checksum matched); the directory could not take it.
             shutil.rmtree(staging, ignore_errors=True)
-            reason = f"writing it under {self.dir} failed: {exc.strerror or exc}"
+            why = f"writing it under {self.dir} failed: {exc.strerror or exc}"
             raise self._fail(
                 name,
                 version,
-                KluisError("ExtensionInstallFailed", extension=name, machine=self.machine, reason=reason),
+                KluisError("ExtensionInstallFailed", extension=name, machine=self.machine, reason=why),
             ) from exc
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
