@@ -87,6 +87,26 @@ def test_pack_upload_is_idempotent(vault: VaultServer, agent: Agent) -> None:
     assert _count(vault, Pack, machine_id=agent.machine_id, pack_id=pid) == 1
 
 
+def test_pack_uploaded_without_a_length_is_spooled_and_checked(vault: VaultServer, agent: Agent) -> None:
+    # Without Content-Length the vault cannot size a memory buffer: the body goes through a
+    # temporary file, with the same checks.
+    pid, pack, _ = make_pack(count=4, size=5000)
+    path = ROOT.format(agent.machine_id) + f"/objects/{pack_name(pid)}"
+    chunks = (pack[i : i + 4096] for i in range(0, len(pack), 4096))
+    stored = agent.call("PUT", path, content=chunks)
+    assert stored.status_code == 200 and stored.json() == {
+        "name": pack_name(pid),
+        "size": len(pack),
+        "created": True,
+    }
+    assert agent.call("GET", path).content == pack
+    damaged = bytearray(pack)
+    damaged[7] ^= 1
+    chunks = (bytes(damaged[i : i + 4096]) for i in range(0, len(damaged), 4096))
+    refused = agent.call("PUT", path, content=chunks)
+    assert refused.status_code == 422 and refused.json()["code"] == "RepoUploadChecksumMismatch"
+
+
 def test_index_naming_a_missing_pack_is_refused(vault: VaultServer, agent: Agent) -> None:
     _, _, entries = make_pack()  # the pack itself is never uploaded
     name, data = make_index(entries)

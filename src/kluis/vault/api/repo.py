@@ -1,7 +1,7 @@
 """The repository object API: ``/api/v1/machines/{machine_id}/repo/...`` (see ``kluis.vault.repo``).
 
-Uploads stream into a memory buffer (with a size limit) and are checked only when
-complete; downloads stream from the store in windows and honour ``Range: bytes=a-b``.
+Uploads stream into a memory buffer (with a size limit; past a memory budget, or without a
+declared length, into a temporary file) and are checked only when complete; downloads stream from the store in windows and honour ``Range: bytes=a-b``.
 
 Packs are the bulk of every backup, so their path avoids extra work: the body lands in a
 reused pack-sized buffer (no temporary file written and read back, no fresh allocation per
@@ -11,7 +11,9 @@ fits one window is read and answered in one hop too (restores read packs in wind
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -32,35 +34,45 @@ router = APIRouter(prefix="/machines/{machine_id}/repo", tags=["repository"])
 STREAM_WINDOW = 4 * 1024 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 KEEP_BUFFERS = 4  # idle upload buffers kept for reuse (one per concurrent pack upload is typical)
+# Bytes of uploads held in memory at once; past it (many agents uploading together) uploads are
+# spooled to a temporary file in [server] tmp_dir instead, so memory stays bounded.
+MEMORY_BUDGET = 256 * 1024 * 1024
 
 
 class _BufferPool:
     """Upload buffers reused between requests: a pack-sized bytearray is allocated (and its
-    pages faulted in) once, not for every pack."""
+    pages faulted in) once, not for every pack. Buffers in use count against ``budget``."""
 
-    def __init__(self, keep: int) -> None:
+    def __init__(self, keep: int, budget: int) -> None:
         self.keep = keep
+        self.budget = budget
         self._free: list[bytearray] = []
+        self._in_use = 0
         self._lock = threading.Lock()
 
-    def take(self, size: int) -> bytearray:
-        """A buffer of at least ``size`` bytes (its contents are garbage)."""
+    def take(self, size: int) -> bytearray | None:
+        """A buffer of at least ``size`` bytes (contents are garbage), or None over the budget."""
         with self._lock:
-            for i, buf in enumerate(self._free):
-                if len(buf) >= size:
-                    return self._free.pop(i)
+            found = next((i for i, b in enumerate(self._free) if len(b) >= size), None)
+            need = len(self._free[found]) if found is not None else size
+            if self._in_use + need > self.budget:
+                return None
+            self._in_use += need
+            if found is not None:
+                return self._free.pop(found)
         return bytearray(size)
 
     def give(self, buf: bytearray) -> None:
         """Return a buffer; the smallest are dropped when more than ``keep`` wait."""
         with self._lock:
+            self._in_use -= len(buf)
             self._free.append(buf)
             if len(self._free) > self.keep:
                 self._free.sort(key=len)
                 del self._free[0]
 
 
-_POOL = _BufferPool(KEEP_BUFFERS)
+_POOL = _BufferPool(KEEP_BUFFERS, MEMORY_BUDGET)
 
 
 class HaveRequest(BaseModel):
@@ -209,27 +221,56 @@ async def put_object(
     declared = int(raw) if raw is not None and raw.isdigit() else None
     if declared is not None and declared > limit:
         raise KluisError("RepoUploadTooLarge", name=name, limit=limit)
-    buf = _POOL.take(declared) if declared is not None else bytearray()
+    buf = _POOL.take(declared) if declared is not None else None
+    if buf is None:
+        # No declared length, or too many uploads in memory already: spool to a file.
+        return await _spooled_put(request, ctx, machine_id, name, kind, limit, item, job)
     try:
-        size = await _receive(request, buf, declared, limit, name)
+        assert declared is not None
+        size = await _receive(request, buf, declared, name)
         return await run_in_threadpool(
             _check_and_store, _service(ctx), machine_id, name, kind, buf, size, item, job
         )
     finally:
-        if declared is not None:
-            _POOL.give(buf)
+        _POOL.give(buf)
 
 
-async def _receive(request: Request, buf: bytearray, declared: int | None, limit: int, name: str) -> int:
-    """Read the body into ``buf`` (filled in place when its length was declared, else grown)."""
+async def _spooled_put(
+    request: Request,
+    ctx: VaultContext,
+    machine_id: str,
+    name: str,
+    kind: str,
+    limit: int,
+    item: str | None,
+    job: str | None,
+) -> dict[str, Any]:
+    """The upload through a temporary file in ``[server] tmp_dir`` (memory stays bounded)."""
     size = 0
-    if declared is None:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise KluisError("RepoUploadTooLarge", name=name, limit=limit)
-            buf += chunk
-        return size
+    fd, tmp = tempfile.mkstemp(prefix="kluis-upload-", dir=ctx.config.tmp_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise KluisError("RepoUploadTooLarge", name=name, limit=limit)
+                f.write(chunk)
+        data = bytearray(await run_in_threadpool(_read_all, tmp))
+    finally:
+        os.unlink(tmp)
+    return await run_in_threadpool(
+        _check_and_store, _service(ctx), machine_id, name, kind, data, len(data), item, job
+    )
+
+
+def _read_all(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+async def _receive(request: Request, buf: bytearray, declared: int, name: str) -> int:
+    """Read the body into ``buf`` in place (its length was declared)."""
+    size = 0
     with memoryview(buf) as view:
         async for chunk in request.stream():
             end = size + len(chunk)
