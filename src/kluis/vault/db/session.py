@@ -51,6 +51,12 @@ def redact(url: str) -> str:
 SQLITE_READ_POOL = 48
 # Writers queue on the process's write lock before they take a connection, so few are needed.
 SQLITE_WRITE_POOL = 4
+# PostgreSQL connections kept open: one per request thread (AnyIO's 40) plus a few. With 10,
+# a loaded vault closed an overflow connection after every transaction and opened a new one
+# (a new server process) for the next: most backends were under 5 s old. A vault process
+# may use PG_POOL + PG_OVERFLOW connections; size max_connections for the processes you run.
+PG_POOL = 40
+PG_OVERFLOW = 20
 # How often the checkpoint thread moves WAL pages into the database file.
 SQLITE_CHECKPOINT_SECONDS = 5.0
 
@@ -93,7 +99,9 @@ class Database:
             self.engine = _sqlite_engine(self.url, immediate=True)
             self.read_engine = _sqlite_engine(self.url, immediate=False)
         else:
-            self.engine = create_engine(self.url, pool_size=10, max_overflow=40, pool_pre_ping=True)
+            self.engine = create_engine(
+                self.url, pool_size=PG_POOL, max_overflow=PG_OVERFLOW, pool_pre_ping=True
+            )
             self.read_engine = self.engine
         self._write = sessionmaker(self.engine, expire_on_commit=False)
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
