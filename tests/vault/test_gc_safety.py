@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import secrets
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -192,3 +193,67 @@ def maintenance_job(ctx: VaultContext, machine_id: str) -> Job:
         job = maintenance.queue_gc(s, machine_id, created_by="t")[0]
         s.expunge(job)
     return job
+
+
+def _machine_with_two_packs(ctx: VaultContext, host: str) -> tuple[str, RepoService, list[str], list[str]]:
+    """A machine whose repository holds two packs (not referenced by any point)."""
+    admin = Principal("user", "admin", role=Role.ADMIN, user_id="x")
+    reg = machines.Registration(hostname=host, os="Linux", agent_version="0.1.0", key_fingerprint="ef" * 16)
+    with ctx.db.write() as s:
+        machine_id = machines.register(s, ctx.config, reg, admin)["machine_id"]
+    service = RepoService(ctx)
+    first_id, first, first_entries = make_pack()
+    second_id, second, second_entries = make_pack()
+    _put(service, machine_id, pack_name(first_id), first)
+    _put(service, machine_id, pack_name(second_id), second)
+    name, index = make_index(first_entries + second_entries)
+    _put(service, machine_id, name, index)
+    return (
+        machine_id,
+        service,
+        [e.id.hex() for e in first_entries],
+        [e.id.hex() for e in second_entries],
+    )
+
+
+def test_packs_lost_by_a_sweep_cut_short_are_reconciled(ctx: VaultContext) -> None:
+    """GC deleted a pack from the store and died before telling the database."""
+    machine_id, service, kept, lost = _machine_with_two_packs(ctx, "cut")
+    assert sorted(service.have(machine_id, kept + lost)) == sorted(kept + lost)
+    lost_pack = ctx.repo_prefix(machine_id) + pack_name(bytes.fromhex(_pack_of(ctx, machine_id, lost[0])))
+    ctx.store.delete(lost_pack)
+    believed = service.have(machine_id, kept + lost)
+    assert sorted(believed) == sorted(kept + lost), "the database still believes it"
+    assert maintenance.reconcile_packs(ctx, machine_id) == 1
+    assert sorted(service.have(machine_id, kept + lost)) == sorted(kept), "lost blobs must be uploaded again"
+    assert maintenance.reconcile_packs(ctx, machine_id) == 0
+
+
+def test_a_sweep_that_fails_after_deleting_packs_leaves_the_database_true(ctx: VaultContext) -> None:
+    """The sweep deletes dead packs, then cannot delete a refs list: the job fails, the rows follow."""
+    machine_id, service, first, second = _machine_with_two_packs(ctx, "half")
+    prefix = ctx.repo_prefix(machine_id)
+    # A reference list whose point is gone: the sweep's last step deletes it, and cannot.
+    orphan = prefix + refs_name(secrets.token_hex(16))
+    ctx.store.put(orphan, encode_refs([]))
+    refs_dir = Path(str(ctx.store.url).removeprefix("file://")) / orphan.rsplit("/", 1)[0]
+    subprocess.run(["chattr", "+i", str(refs_dir)], check=True)
+    try:
+        with pytest.raises(KluisError):
+            maintenance.run_gc(ctx, maintenance_job(ctx, machine_id))  # grace 0: both packs are dead
+    finally:
+        subprocess.run(["chattr", "-i", str(refs_dir)], check=True)
+    assert not list(ctx.store.list(prefix + "data/")), "the sweep did delete the packs"
+    assert service.have(machine_id, first + second) == [], "and the database knows"
+    with ctx.db.read() as s:
+        state = s.get(GcState, machine_id)
+        assert state is not None and not state.sweeping
+
+
+def _pack_of(ctx: VaultContext, machine_id: str, blob_hex: str) -> str:
+    with ctx.db.read() as s:
+        row = s.scalar(
+            select(Blob).where(Blob.machine_id == machine_id, Blob.blob_id == bytes.fromhex(blob_hex))
+        )
+        assert row is not None
+        return row.pack_id.hex()

@@ -195,11 +195,12 @@ def run_retention(ctx: VaultContext, job: Job, now: dt.datetime | None = None) -
 # -- garbage collection ----------------------------------------------------------------------
 
 
-def begin_sweep(ctx: VaultContext, machine_id: str, job_id: str, now: dt.datetime | None = None) -> None:
+def begin_sweep(ctx: VaultContext, machine_id: str, job_id: str, now: dt.datetime | None = None) -> bool:
     """Mark the repository as being swept, in the transaction that checks no backup runs.
 
     GcBlocked when a backup of the machine was handed to its agent, or another vault
-    process is sweeping it.
+    process is sweeping it. True when an earlier sweep was cut short (its mark is still
+    there): the store may then lack packs the database still lists.
     """
     now = now or utcnow()
     with ctx.db.write() as s:
@@ -220,11 +221,13 @@ def begin_sweep(ctx: VaultContext, machine_id: str, job_id: str, now: dt.datetim
         )
         if running is not None:
             raise GcBlocked(f"backup job {running} is running")
+        cut_short = bool(state.sweeping)
         state.sweeping = True
         state.holder = ctx.holder
         state.job_id = job_id
         state.started_at = now
         state.lease_until = now + SWEEP_LEASE
+    return cut_short
 
 
 def end_sweep(ctx: VaultContext, machine_id: str, *, completed: bool) -> None:
@@ -304,6 +307,32 @@ def _remove_expired_point_objects(ctx: VaultContext, machine_id: str) -> None:
         ctx.store.delete(prefix + point_name(point_id))
 
 
+def reconcile_packs(ctx: VaultContext, machine_id: str) -> int:
+    """Mark pack rows whose objects the store no longer holds as deleted; how many.
+
+    A sweep deletes packs from the store before it records that in the database. If it
+    stops in between (a crash, a lost database), the rows would still say the blobs are
+    held, so the vault would accept points and skip uploads for data that is gone. Blobs
+    count as held only in packs whose row is not deleted, so marking the rows is enough.
+    """
+    present = gc.list_packs(ctx.store, ctx.repo_prefix(machine_id))
+    now = utcnow()
+    with ctx.db.write() as s:
+        listed = s.scalars(
+            select(Pack.pack_id).where(Pack.machine_id == machine_id, Pack.deleted_at.is_(None))
+        ).all()
+        gone = [pack_id for pack_id in listed if pack_id not in present]
+        for pack_id in gone:
+            s.execute(
+                update(Pack)
+                .where(Pack.machine_id == machine_id, Pack.pack_id == pack_id)
+                .values(deleted_at=now)
+            )
+    if gone:
+        log.warning("machine %s: %d pack(s) missing from the store marked deleted", machine_id, len(gone))
+    return len(gone)
+
+
 def _record_result(ctx: VaultContext, machine_id: str, result: gc.GcResult) -> None:
     """Make the database agree with the repository GC left behind."""
     now = utcnow()
@@ -359,10 +388,12 @@ def run_gc(ctx: VaultContext, job: Job, now: dt.datetime | None = None) -> dict[
     """One GarbageCollect job; GcBlocked when it has to wait for a backup."""
     assert job.machine_id is not None
     machine_id = job.machine_id
-    begin_sweep(ctx, machine_id, job.id, now)
+    cut_short = begin_sweep(ctx, machine_id, job.id, now)
     completed = False
     try:
         with _renewing(ctx, machine_id):
+            if cut_short:
+                reconcile_packs(ctx, machine_id)
             _remove_expired_point_objects(ctx, machine_id)
             with ctx.db.read() as s:
                 created = dict(
@@ -383,7 +414,17 @@ def run_gc(ctx: VaultContext, job: Job, now: dt.datetime | None = None) -> dict[
             _record_result(ctx, machine_id, result)
         completed = True
     finally:
-        end_sweep(ctx, machine_id, completed=completed)
+        reconciled = completed
+        if not completed:
+            # The store may have lost packs already; the database must not go on listing them.
+            # If this fails too, the sweep mark stays and the next sweep reconciles first.
+            try:
+                reconcile_packs(ctx, machine_id)
+                reconciled = True
+            except Exception:
+                log.exception("machine %s: reconciling packs after a failed sweep failed", machine_id)
+        if reconciled:
+            end_sweep(ctx, machine_id, completed=completed)
     return {
         "bytes_freed": result.bytes_freed,
         "packs_deleted": len(result.packs_deleted),
