@@ -1,7 +1,8 @@
 """The repository object API: ``/api/v1/machines/{machine_id}/repo/...`` (see ``kluis.vault.repo``).
 
 Uploads stream into a memory buffer (with a size limit; past a memory budget, or without a
-declared length, into a temporary file) and are checked only when complete; downloads stream from the store in windows and honour ``Range: bytes=a-b``.
+declared length, into a temporary file) and are checked only when complete; downloads stream
+from the store in windows and honour ``Range: bytes=a-b``.
 
 Packs are the bulk of every backup, so their path avoids extra work: the body lands in a
 reused pack-sized buffer (no temporary file written and read back, no fresh allocation per
