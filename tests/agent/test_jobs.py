@@ -146,7 +146,10 @@ def test_heartbeat_carries_extension_handler_states(fleet: Fleet, workdir: Path)
         machine = fleet.vault.ok("GET", f"/api/v1/machines/{fleet.a_id}")
         return [e for e in machine["extensions"] if e["name"] == EXTENSION_NAME]
 
-    found = wait_for(reported, what="the extension in a heartbeat")
+    # A heartbeat sent while the install ran says "transitioning"; the next one says how it ended.
+    found = wait_for(
+        lambda: [e for e in reported() if e["state"] != "transitioning"], what="the extension in a heartbeat"
+    )
     assert found[0]["version"] == version and found[0]["state"] == "succeeded"
     status = fleet.a.cli("status", "--json").json
     assert [e["name"] for e in status["extensions"]] == [EXTENSION_NAME]
