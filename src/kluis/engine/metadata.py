@@ -142,39 +142,9 @@ def apply_metadata(name: bytes, node: Node, dir_fd: int, *, owner: bool) -> list
     try:
         if stat.S_ISLNK(os.fstat(fd).st_mode):
             return ["replaced by a symbolic link during restore; left alone"]
-        proc = f"/proc/self/fd/{fd}"
-        if owner:
-            try:
-                os.chown(proc, uid_for(node.user, node.uid), gid_for(node.group, node.gid))
-            except OSError as exc:
-                problems.append(f"owner: {exc.strerror}")
-        wanted = node.xattrs or {}
-        try:
-            present = os.listxattr(proc)
-        except OSError:
-            present = []
-        for key in present:
-            # New files inherit a directory's default ACL; the original may not have had one.
-            if key not in wanted:
-                try:
-                    os.removexattr(proc, key)
-                except OSError:
-                    pass
-        for key, value in wanted.items():
-            try:
-                os.setxattr(proc, key, base64.b64decode(value))
-            except OSError as exc:
-                # Without root, trusted.* and security.* names are refused: expected.
-                if owner or exc.errno not in (errno.EPERM, errno.ENOTSUP):
-                    problems.append(f"xattr {key}: {exc.strerror}")
-        try:
-            os.chmod(proc, node.mode)
-        except OSError as exc:
-            problems.append(f"mode: {exc.strerror}")
-        try:
-            os.utime(proc, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns))
-        except OSError as exc:
-            problems.append(f"times: {exc.strerror}")
+        # An O_PATH descriptor cannot be written through; its /proc name can, and it
+        # still names exactly the object opened (no path lookup in the restored tree).
+        problems += _apply(f"/proc/self/fd/{fd}", node, owner=owner, clean=False)
     finally:
         os.close(fd)
     return problems
@@ -188,36 +158,44 @@ def apply_metadata_fd(fd: int, node: Node, *, owner: bool, clean: bool) -> list[
     created by this restore in a directory without a default ACL, so it carries no
     attributes of its own yet and the ``listxattr`` pass that removes strays is skipped.
     """
+    return _apply(fd, node, owner=owner, clean=clean)
+
+
+def _apply(target: int | str, node: Node, *, owner: bool, clean: bool) -> list[str]:
+    """Owner, xattrs, mode, times on a descriptor or a /proc/self/fd name (chown before mode:
+    it clears set-uid bits; times last)."""
     problems: list[str] = []
     if owner:
         try:
-            os.chown(fd, uid_for(node.user, node.uid), gid_for(node.group, node.gid))
+            os.chown(target, uid_for(node.user, node.uid), gid_for(node.group, node.gid))
         except OSError as exc:
             problems.append(f"owner: {exc.strerror}")
     wanted = node.xattrs or {}
     if not clean:
         try:
-            present = os.listxattr(fd)
+            present = os.listxattr(target)
         except OSError:
             present = []
         for key in present:
+            # New files inherit a directory's default ACL; the original may not have had one.
             if key not in wanted:
                 try:
-                    os.removexattr(fd, key)
+                    os.removexattr(target, key)
                 except OSError:
                     pass
     for key, value in wanted.items():
         try:
-            os.setxattr(fd, key, base64.b64decode(value))
+            os.setxattr(target, key, base64.b64decode(value))
         except OSError as exc:
+            # Without root, trusted.* and security.* names are refused: expected.
             if owner or exc.errno not in (errno.EPERM, errno.ENOTSUP):
                 problems.append(f"xattr {key}: {exc.strerror}")
     try:
-        os.chmod(fd, node.mode)
+        os.chmod(target, node.mode)
     except OSError as exc:
         problems.append(f"mode: {exc.strerror}")
     try:
-        os.utime(fd, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns))
+        os.utime(target, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns))
     except OSError as exc:
         problems.append(f"times: {exc.strerror}")
     return problems
