@@ -287,7 +287,7 @@ def check_schedule(ctx: VaultDoctorContext) -> Result:
     from kluis.vault import lease
     from kluis.vault.db.migrate import SCHEDULER_LEASE
     from kluis.vault.db.models import Machine, Policy, ProtectedItem
-    from kluis.vault.schedule import Schedule, previous_run, spread_offset
+    from kluis.vault.schedule import Schedule, item_delay, previous_run
 
     cfg = ctx.config
     # The scheduler creates a run's job up to `spread` seconds after it is due (each item has
@@ -303,9 +303,7 @@ def check_schedule(ctx: VaultDoctorContext) -> Result:
             .order_by(ProtectedItem.name)
         ).all()
         for item, hostname, policy in rows:
-            delay = dt.timedelta(
-                seconds=spread_offset(item.id, cfg.schedule_spread) if cfg.schedule_spread else 0
-            )
+            delay = item_delay(item.id, cfg.schedule_spread)
             due = previous_run(Schedule.from_dict(policy.schedule), ctx.now - delay - slack)
             if due <= item.created_at:
                 continue  # protection began after that run

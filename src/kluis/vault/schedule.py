@@ -383,6 +383,11 @@ def due_run(schedule: Schedule, last_handled_utc: datetime, now_utc: datetime) -
     return latest if latest > last else None
 
 
+def item_delay(item_id: str | bytes, spread_seconds: int) -> timedelta:
+    """How long after a due run the scheduler creates this item's job (none without a spread)."""
+    return timedelta(seconds=spread_offset(item_id, spread_seconds) if spread_seconds > 0 else 0)
+
+
 def spread_offset(item_id: str | bytes, window_seconds: int) -> int:
     """A stable delay in ``[0, window_seconds)`` for one item, from a hash of its id.
 

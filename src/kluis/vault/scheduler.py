@@ -6,7 +6,7 @@ renewing, another takes over after the lease's time to live.
 
 Each tick (``Scheduler.tick``), for every protected item:
 ``run = schedule.due_run(policy, item.last_slot_at, now - delay)`` with the item's stable
-``delay = schedule.spread_offset(item, spread)``; a run found becomes a backup job and
+``delay = schedule.item_delay(item, spread)``; a run found becomes a backup job and
 the item's ``last_slot_at`` in the same transaction. However long the vault was down,
 ``due_run`` yields only the latest missed run, so missed runs are handled once. A run
 that finds the item's previous backup still going is recorded as a failed job with
@@ -35,7 +35,7 @@ from kluis.vault.context import VaultContext
 from kluis.vault.db.migrate import SCHEDULER_LEASE
 from kluis.vault.db.models import ACTIVE_JOB_STATUSES, Job, Machine, Policy, ProtectedItem, new_id
 from kluis.vault.db.types import utcnow
-from kluis.vault.schedule import Schedule, due_run, previous_run, spread_offset
+from kluis.vault.schedule import Schedule, due_run, item_delay, previous_run
 
 log = logging.getLogger("kluis.vault.scheduler")
 BATCH = 500
@@ -157,7 +157,7 @@ class Scheduler:
             latest: dict[tuple[str, dt.datetime], dt.datetime | None] = {}
             due: list[tuple[str, dt.datetime, dt.datetime]] = []
             for item_id, last, created, policy_id in rows:
-                delay = dt.timedelta(seconds=spread_offset(item_id, spread) if spread > 0 else 0)
+                delay = item_delay(item_id, spread)
                 at = now - delay
                 key = (policy_id, at)
                 if key not in latest:
