@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 import tomllib
@@ -441,12 +440,11 @@ def test_damaged_checksum_store(fleet: Fleet) -> None:
 
 def test_completed_with_warnings_lists_skipped_files(fleet: Fleet, workdir: Path) -> None:
     pytest.importorskip("pyfuse3", reason="pyfuse3 is installed by `make test` (extra 'mount')")
+    from tests.support.faultyfs import mounted
+
     mnt = workdir / "faulty"
     mnt.mkdir()
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.faultyfs", str(mnt)], cwd=root)
-    try:
-        wait_for(lambda: os.path.ismount(mnt), what="the faulty file system")
+    with mounted(mnt):
         vault = fleet.vault
         item = vault.files_item(fleet.a_id, fleet.policy, [str(mnt)], "faulty")
         done = vault.wait_job(vault.backup(item["id"])["id"])
@@ -460,9 +458,6 @@ def test_completed_with_warnings_lists_skipped_files(fleet: Fleet, workdir: Path
         expected = ["0x80070002", "0x80070005", "0x80070570", "0x8007018b"]
         assert sorted(w["code"] for w in files) == sorted(expected)
         assert all(str(mnt) in w["message"] for w in files)
-    finally:
-        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
-        proc.wait(timeout=10)
 
 
 def test_scratch_folder_full_before_a_job(fleet: Fleet) -> None:

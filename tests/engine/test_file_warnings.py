@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,20 +18,12 @@ pytest.importorskip("pyfuse3", reason="pyfuse3 is installed by `make test` (extr
 
 @pytest.fixture
 def faulty_mount(tmp_path: Path) -> Iterator[Path]:
+    from tests.support.faultyfs import mounted
+
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.faultyfs", str(mnt)], cwd=root)
-    try:
-        deadline = time.monotonic() + 20
-        while not os.path.ismount(mnt):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("the test FUSE file system did not mount")
-            time.sleep(0.05)
+    with mounted(mnt):
         yield mnt
-    finally:
-        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
-        proc.wait(timeout=10)
 
 
 def test_each_failing_file_is_skipped_with_its_code(tmp_path: Path, faulty_mount: Path) -> None:

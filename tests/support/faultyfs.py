@@ -11,10 +11,15 @@ Run as a process: ``python -m tests.support.faultyfs MOUNTPOINT``. It serves:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyfuse3
@@ -100,6 +105,23 @@ def main(mountpoint: str) -> None:
         trio.run(pyfuse3.main)
     finally:
         pyfuse3.close(unmount=True)
+
+
+@contextlib.contextmanager
+def mounted(mnt: Path) -> Iterator[Path]:
+    """This file system served at ``mnt`` (an empty directory) by a child process."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.faultyfs", str(mnt)], cwd=root)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(mnt):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("the test FUSE file system did not mount")
+            time.sleep(0.05)
+        yield mnt
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+        proc.wait(timeout=10)
 
 
 if __name__ == "__main__":
