@@ -254,6 +254,9 @@ def test_stale_jobs_fail_with_codes_and_alerts(ctx: VaultContext) -> None:
     sched.tick(now)
     with ctx.db.write() as s:
         s.execute(update(Job).where(Job.item_id == silent).values(dispatched_at=now, updated_at=now))
+        # A job queued now for a slot 23 h ago still gets the whole dispatch timeout (this
+        # once failed at night, when the latest 02:30 slot was nearly a day old).
+        s.execute(update(Job).where(Job.item_id == never).values(not_before=now - dt.timedelta(hours=23)))
     sched.tick(now + dt.timedelta(hours=2))  # stall timeout is 1 h
     assert _backups(ctx, silent)[0].error["code"] == "JobAgentTimeout"
     assert _backups(ctx, never)[0].status == "InProgress"

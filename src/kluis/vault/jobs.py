@@ -546,7 +546,10 @@ def expire_stale(session: Session, config: VaultConfig, now: dt.datetime) -> int
             Job.type.in_(AGENT_TYPES),
             Job.status == "InProgress",
             Job.dispatched_at.is_(None),
+            # The agent gets the whole timeout from when the job existed and was due: a job
+            # created late for a slot long past must not fail minutes after it was queued.
             Job.not_before < now - dt.timedelta(seconds=config.dispatch_timeout),
+            Job.created_at < now - dt.timedelta(seconds=config.dispatch_timeout),
         )
     ).all()
     for job in never_claimed:
