@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import uvicorn
@@ -18,11 +19,27 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def settle_garbage_collector() -> None:
+    """Keep full collections short and rare in a long-running server.
+
+    A full (generation 2) collection stops every thread while it walks all tracked objects;
+    with a thousand agents long-polling, the vault holds ~300k of them and a pass took
+    100-185 ms, which was the whole tail of the heartbeat latency. The modules, the app and
+    the routes never become garbage: freezing them takes them out of every pass. A larger
+    young generation lets a request's short-lived objects die young instead of being
+    promoted and walked again by the older generations.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(5_000, 10, 100)
+
+
 def serve(config: VaultConfig, *, log_level: str = "info") -> None:
     """Serve the vault until interrupted (SIGINT/SIGTERM stop it cleanly)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = split_listen(config.listen)
     app = create_app(config)
+    settle_garbage_collector()
     uvicorn.run(
         app,
         host=host,
