@@ -9,9 +9,10 @@ timed as the command's wall time. Via the vault: ``kluis vault init/serve`` (SQL
 store), vault credentials, ``kluis agent register`` (credentials and passphrase files) and
 ``kluis agent run``; a files item for the corpus, an on-demand backup job and then a restore
 job of its point, each timed from the job's ``dispatched_at`` (the agent took it) to its
-``ended_at``. Every step starts from a warm page cache (the corpus is read first) and after a
-sync; each run uses fresh repositories, scratch folders and restore targets. Runs alternate
-the order (direct first, then vault first) so drift of the shared machine hits both.
+``ended_at``. A backup starts from a warm page cache (the corpus is read first) and a restore
+from an empty one (both sides read their packs from disk), each after a sync; each run uses
+fresh repositories, scratch folders and restore targets. Runs alternate the order (direct
+first, then vault first) so drift of the shared machine hits both.
 
 CPU of the tool, agent and vault processes, and of everything else on the machine (other
 engineers' test runs), is sampled from /proc during every step.
@@ -68,9 +69,21 @@ def _sync() -> None:
     os.sync()
 
 
-def _settle(exclude: list[int] | None = None) -> float:
-    """Before a measured step: flush dirty pages, then wait (up to 90 s) for the machine to go quiet."""
+def _drop_page_cache() -> None:
+    """Forget cached file pages (root only), so a step neither finds nor has to evict an earlier
+    step's 5 GB: restore times swung 22-54 s for the same work with whatever the cache held."""
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError:
+        pass
+
+
+def _settle(exclude: list[int] | None = None, *, cold: bool = False) -> float:
+    """Before a measured step: flush dirty pages (and with ``cold`` the page cache), then wait
+    (up to 90 s) for the machine to go quiet."""
     _sync()
+    if cold:
+        _drop_page_cache()
     return wait_quiet(max_wait=QUIET["max_wait"], exclude=exclude)
 
 
@@ -123,9 +136,11 @@ class Direct:
     def common(self) -> list[str]:
         return ["--repo", str(self.repo), "--passphrase-file", str(self.passfile)]
 
-    def run(self, argv: list[str], label: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    def run(
+        self, argv: list[str], label: str, *, cold: bool = False
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Run and time one command with the CPU monitor around it."""
-        waited = _settle()
+        waited = _settle(cold=cold)
         t0 = time.monotonic()
         proc = subprocess.Popen(
             [*nice_prefix(NICE["value"]), *argv],
@@ -166,7 +181,7 @@ class Direct:
     def restore(self, point: str, target: Path) -> dict[str, Any]:
         _rm(target)
         argv = [str(KLUIS), "repo", "restore", point, *self.common(), "--target", str(target), "--json"]
-        _, m = self.run(argv, "repo restore")
+        _, m = self.run(argv, "repo restore", cold=True)
         return m
 
 
@@ -256,10 +271,12 @@ class ViaVault:
             time.sleep(0.25)
         raise TimeoutError(f"job {job_id} did not end within {timeout} s")
 
-    def timed_job(self, start: Any, label: str, profile: Path | None) -> dict[str, Any]:
+    def timed_job(
+        self, start: Any, label: str, profile: Path | None, *, cold: bool = False
+    ) -> dict[str, Any]:
         """Queue a job with ``start()``, wait for it, time it from its own timestamps."""
         assert self.agent is not None
-        waited = _settle(exclude=[self.agent.pid, self.server.pid])
+        waited = _settle(exclude=[self.agent.pid, self.server.pid], cold=cold)
         monitor = CpuMonitor({"agent": self.agent.pid, "vault": self.server.pid}).start()
         spies = []
         if profile is not None:
@@ -319,6 +336,7 @@ class ViaVault:
             lambda: _check(http.post(f"/items/{self.item_id}/restore", json=body), "restore"),
             "restore",
             profile,
+            cold=True,
         )
 
     def stop(self) -> None:

@@ -24,8 +24,18 @@ def test_a_healthy_folder_passes_and_opens_the_checksum_store(tmp_path: Path) ->
     (tmp_path / "s").mkdir()
     found = scratch.check_before_job(tmp_path / "s", item_id="item1", paths=[str(data)])
     try:
-        assert found.protected_bytes == 10_000
-        assert found.free > found.needed == scratch.MIN_FREE
+        # A first backup: the sources' file system has room to spare, so the job need not wait
+        # for their exact size, which du counts beside it (the folder's own size included).
+        assert found.protected_bytes is None and found.size is not None
+        counted = found.size.result(30)
+        assert counted is not None and 10_000 <= counted < 10_000 + 64 * 1024
+        seen: list[int] = []
+        found.size.when_counted(seen.append)
+        assert seen == [counted]
+        used = scratch.source_used_bytes([str(data)])
+        # 5% of the used space (which moves a little while other processes write).
+        assert found.free > found.needed
+        assert abs(found.needed - max(scratch.MIN_FREE, int(used * scratch.FREE_SHARE))) < 0.01 * used
         assert found.checksums is not None and found.checksums.path == tmp_path / "s/items/item1/checksums.db"
     finally:
         assert found.checksums is not None
@@ -127,3 +137,40 @@ def test_a_folder_on_tmpfs_is_usable_but_volatile(tmp_path: Path) -> None:
         assert scratch.filesystem_type(tmp_path) not in scratch.VOLATILE_FS | scratch.NETWORK_FS
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_source_size_counts_what_it_can_read(tmp_path: Path) -> None:
+    readable = tmp_path / "a"
+    readable.mkdir()
+    (readable / "f").write_bytes(b"y" * 50_000)
+    locked = tmp_path / "b"
+    locked.mkdir()
+    (locked / "g").write_bytes(b"z" * 70_000)
+    locked.chmod(0)
+    try:
+        # As root du still reads the folder; as another user it is skipped, not fatal.
+        size = scratch.SourceSize([str(readable), str(locked), str(tmp_path / "absent")])
+        total = size.result(30)
+        assert total is not None and total >= 50_000
+        size.close()
+    finally:
+        locked.chmod(0o755)
+    assert scratch.SourceSize([]).result(0) == 0
+
+
+def test_a_first_backup_waits_for_the_exact_size_only_when_the_bound_does_not_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_bytes(b"x" * 10_000)
+    # Pretend the sources' file system holds an exabyte: 5% of it fits on no disk here, so the
+    # check waits for du, whose count (10 kB) passes the rule.
+    monkeypatch.setattr(scratch, "source_used_bytes", lambda paths: 10**18)
+    found = scratch.check_before_job(tmp_path, item_id="item2", paths=[str(data)])
+    try:
+        assert found.protected_bytes is not None and 10_000 <= found.protected_bytes < 80_000
+        assert found.needed == scratch.MIN_FREE
+    finally:
+        assert found.checksums is not None
+        found.checksums.close()

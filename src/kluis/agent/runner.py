@@ -323,7 +323,7 @@ class Job:
             repo = open_own(cfg, pipeline, layout.cache(cfg.machine_id))
             adopted = adopt_unindexed_packs(repo, pipeline, journal)
             self.reporter.set_phase(BACKUP_PHASE)
-            estimate = scratch.last_backup_bytes(layout, item_id) or checks.protected_bytes or None
+            estimate = checks.protected_bytes or None
             backup = FileBackup(
                 repo,
                 checksum_store=checks.checksums,
@@ -333,12 +333,17 @@ class Job:
                 should_stop=self.should_stop,
                 estimate_bytes=estimate,
             )
+            if estimate is None and checks.size is not None:
+                progress = backup.progress  # a first backup's ETA starts once du has counted
+                checks.size.when_counted(lambda n: setattr(progress, "total_bytes", n))
             # The reporter reads this live object every second; the engine's own callbacks come
             # only when a directory is finished, which can be long apart.
             self.reporter.update(backup.progress)
             result = backup.run(paths)
         finally:
             checks.checksums.close()
+            if checks.size is not None:
+                checks.size.close()
             if pipeline is not None:
                 pipeline.close()  # closes the store too
             elif store is not None:

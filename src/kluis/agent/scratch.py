@@ -29,7 +29,10 @@ import json
 import os
 import secrets
 import sqlite3
+import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +41,7 @@ from kluis.engine.checksum_store import ChecksumStore
 
 FREE_SHARE = 0.05  # the seeds: free space of 5 to 10% of the data being protected
 MIN_FREE = 16 * 1024 * 1024  # room for the KEK file, state, logs and a small checksum store
-ESTIMATE_SECONDS = 10.0  # how long a first backup may spend sizing its sources
+ESTIMATE_SECONDS = 10.0  # how long a first backup may wait for its sources' size
 _TEMP_PROBE = 1024 * 1024
 # Network and FUSE file systems: file locks and sparse files are unreliable there (SQLite
 # itself warns against them), and a dropped connection corrupts the checksum store.
@@ -176,33 +179,101 @@ def _check_temp_area(tmp: Path) -> None:
             pass
 
 
-def estimate_protected(paths: list[str], budget: float = ESTIMATE_SECONDS) -> int:
-    """Bytes under ``paths`` (apparent sizes), counted for at most ``budget`` seconds."""
-    deadline = time.monotonic() + budget
-    total = 0
-    stack = list(paths)
-    while stack and time.monotonic() < deadline:
-        path = stack.pop()
+class SourceSize:
+    """Apparent bytes under a first backup's paths, counted by ``du`` in a process of its own.
+
+    A first backup knows no earlier size for the 5% rule or for its progress ETA. ``du`` walks
+    about 4x faster than a Python walk (0.56 s against 2.1 s for 112k files here), and started
+    with the job it runs beside the backup, on the core the backup leaves idle, instead of
+    ahead of it. Directories count their own apparent size and hard links count once.
+    """
+
+    def __init__(self, paths: list[str]) -> None:
+        self._done = threading.Event()
+        self._bytes: int | None = None
+        self._callbacks: list[Callable[[int], None]] = []
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        if not paths:
+            self._finish(0)
+            return
         try:
-            st = os.lstat(path)
+            self._proc = subprocess.Popen(
+                ["du", "-s", "-b", "-c", "--", *paths],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
         except OSError:
-            continue
-        if os.path.isdir(path) and not os.path.islink(path):
+            self._finish(None)
+            return
+        threading.Thread(target=self._wait, name="kluis-source-size", daemon=True).start()
+
+    def _wait(self) -> None:
+        assert self._proc is not None
+        out, _ = self._proc.communicate()
+        total: int | None = None
+        # Unreadable folders make du exit 1 but still print a total of what it could read.
+        lines = out.decode(errors="replace").splitlines()
+        if lines and lines[-1].endswith("\ttotal"):
             try:
-                with os.scandir(path) as it:
-                    for entry in it:
-                        try:
-                            if entry.is_dir(follow_symlinks=False):
-                                stack.append(entry.path)
-                            elif entry.is_file(follow_symlinks=False):
-                                total += entry.stat(follow_symlinks=False).st_size
-                        except OSError:
-                            continue
-            except OSError:
+                total = int(lines[-1].split("\t", 1)[0])
+            except ValueError:
+                total = None
+        self._finish(total)
+
+    def _finish(self, total: int | None) -> None:
+        with self._lock:
+            self._bytes = total
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        if total is not None:
+            for callback in callbacks:
+                callback(total)
+
+    def result(self, timeout: float | None = None) -> int | None:
+        """The size once counted (waiting up to ``timeout`` s), else None."""
+        self._done.wait(timeout)
+        with self._lock:
+            return self._bytes
+
+    def when_counted(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(bytes)`` once the size is known (at once when it is already)."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+            total = self._bytes
+        if total is not None:
+            callback(total)
+
+    def close(self) -> None:
+        """Stop counting (the job ended first)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def source_used_bytes(paths: list[str]) -> int:
+    """Bytes in use on the file systems holding ``paths``: at least the data under them.
+
+    Not for sparse or compressed files, whose apparent size is larger than what they use;
+    the 5% rule is a rule of thumb, and from the second backup on it uses the measured size.
+    """
+    seen: set[int] = set()
+    used = 0
+    for path in paths:
+        try:
+            dev = os.stat(path).st_dev
+            if dev in seen:
                 continue
-        else:
-            total += st.st_size
-    return total
+            seen.add(dev)
+            st = os.statvfs(path)
+        except OSError:
+            continue  # a missing source has no data; the backup reports it
+        used += (st.f_blocks - st.f_bfree) * st.f_frsize
+    return used
 
 
 def last_backup_bytes(layout: Layout, item_id: str) -> int | None:
@@ -333,18 +404,37 @@ class JobScratch:
     layout: Layout
     free: int
     needed: int
-    protected_bytes: int
+    # The protected data's size when known before the job: the last backup's, or du's when
+    # the free-space check had to wait for it. Otherwise ``size`` is still counting.
+    protected_bytes: int | None
     checksums: ChecksumStore | None
+    size: SourceSize | None = None
 
 
 def check_before_job(root: Path, *, item_id: str | None, paths: list[str] | None = None) -> JobScratch:
     """Every scratch-folder check before a job; raises the first that fails with its own code."""
     layout = Layout(root)
-    protected = 0
+    protected: int | None = 0
+    size: SourceSize | None = None
+    rule_of = 0
     if item_id is not None:
-        known = last_backup_bytes(layout, item_id)
-        protected = known if known is not None else estimate_protected(paths or [])
-    free, needed = check_folder(root, protected)
-    check_temp_area(layout)
-    checksums = open_checksum_store(layout.checksum_store(item_id)) if item_id is not None else None
-    return JobScratch(layout, free, needed, protected, checksums)
+        protected = last_backup_bytes(layout, item_id)
+        rule_of = protected or 0
+        if protected is None:
+            # A first backup: the used space of the sources' file systems bounds the data. When
+            # 5% of it fits, the exact size is not needed before the job starts.
+            size = SourceSize(paths or [])
+            rule_of = source_used_bytes(paths or [])
+            if root.is_dir() and free_bytes(root) < max(MIN_FREE, int(rule_of * FREE_SHARE)):
+                protected = size.result(ESTIMATE_SECONDS)
+                # Past the budget (a huge tree) the rule waits for the next backup's measured size.
+                rule_of = protected or 0
+    try:
+        free, needed = check_folder(root, rule_of)
+        check_temp_area(layout)
+        checksums = open_checksum_store(layout.checksum_store(item_id)) if item_id is not None else None
+    except BaseException:
+        if size is not None:
+            size.close()
+        raise
+    return JobScratch(layout, free, needed, protected, checksums, size)
