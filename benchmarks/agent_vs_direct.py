@@ -63,6 +63,8 @@ PY_SPY = REPO / ".venv" / "bin" / "py-spy"
 NICE = {"value": 0}
 # How long a step waits for the machine to go quiet (seconds); shorter on a machine that never does.
 QUIET = {"max_wait": 90.0}
+# With --idle: profiles keep samples of waiting threads (where a pipeline stalls).
+PROFILE_IDLE = {"on": False}
 
 
 def _sync() -> None:
@@ -103,6 +105,8 @@ class Spy:
     def __init__(self, pid: int, out: Path) -> None:
         self.out = out
         argv = [str(PY_SPY), "record", "--pid", str(pid), "--format", "raw", "--nolineno", "--rate", "50"]
+        if PROFILE_IDLE["on"]:
+            argv.append("--idle")  # waiting threads too: where the job's threads block
         self.proc = subprocess.Popen(
             [*argv, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -434,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="use /work/bench-data/corpus-quick")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="py-spy the agent and the vault (last run)")
+    parser.add_argument("--idle", action="store_true", help="with --profile: keep waiting threads' samples")
     parser.add_argument("--results", type=Path, default=OUT / "results.json")
     parser.add_argument(
         "--nice", type=int, default=-15, help="nice value of every measured process (as run.py)"
@@ -446,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     QUIET["max_wait"] = args.quiet_wait
+    PROFILE_IDLE["on"] = args.idle
     NICE["value"] = args.nice if os.geteuid() == 0 else max(0, args.nice)
     corpus = BENCH_DATA / "corpus-quick" if args.quick else args.corpus
     if not corpus.is_dir():

@@ -187,6 +187,7 @@ class Restorer:
             self._apply_dir_metadata()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._reader.close()
             os.close(root_fd)
         self._report(self.progress, force=True)
         return RestoreResult(
