@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select, update
@@ -48,10 +49,15 @@ def _machine(ctx: VaultContext, name: str = "host-a") -> str:
 
 
 def _item(
-    ctx: VaultContext, machine_id: str, schedule: dict[str, Any], last_slot: dt.datetime, name: str = "i"
+    ctx: VaultContext,
+    machine_id: str,
+    schedule: dict[str, Any],
+    last_slot: dt.datetime,
+    name: str = "i",
+    retention: dict[str, int] | None = None,
 ) -> str:
     with ctx.db.write() as s:
-        policy = policies.create(s, f"p-{name}", schedule, {"daily": 30})
+        policy = policies.create(s, f"p-{name}", schedule, retention or {"daily": 30})
         item, _ = items.enable(
             s,
             machine_id=machine_id,
@@ -247,9 +253,21 @@ def test_stopped_items_are_not_scheduled(ctx: VaultContext) -> None:
 
 def test_stale_jobs_fail_with_codes_and_alerts(ctx: VaultContext) -> None:
     machine_id = _machine(ctx)
+    # Real time (the jobs' own timestamps are), so the schedule is set relative to it: a weekly
+    # run two days ago and none in the next 25 hours, whatever the time of day. A daily one
+    # made this test depend on the hour at which it ran.
     now = dt.datetime.now(UTC)
-    never = _item(ctx, machine_id, DAILY_0230, now - dt.timedelta(days=2), name="never")
-    silent = _item(ctx, machine_id, DAILY_0230, now - dt.timedelta(days=2), name="silent")
+    slot = (now - dt.timedelta(days=2)).astimezone(ZoneInfo("Europe/Amsterdam"))
+    weekly = {
+        "kind": "weekly",
+        "timezone": "Europe/Amsterdam",
+        "weekdays": [slot.strftime("%A").lower()],
+        "times": [slot.strftime("%H:%M")],
+    }
+    last = now - dt.timedelta(days=3)
+    keep = {"weekly": 4, "weekly_weekday": slot.weekday()}
+    never = _item(ctx, machine_id, weekly, last, name="never", retention=keep)
+    silent = _item(ctx, machine_id, weekly, last, name="silent", retention=keep)
     sched = Scheduler(ctx)
     sched.tick(now)
     with ctx.db.write() as s:
