@@ -85,3 +85,20 @@ def test_a_failed_upload_is_raised_before_anything_names_it(tmp_path: Path) -> N
     with pytest.raises(KluisError):
         pipe.put(_pack(2), b"two")
     pipe.close()  # closing after a failure does not raise again
+
+
+def test_upload_buffers_are_reused_and_never_mix_packs(tmp_path: Path) -> None:
+    inner = GatedStore(tmp_path / "store")
+    inner.gate.set()
+    pipe = UploadPipeline(inner, threads=2, in_flight=3)
+    buf = bytearray(300_000)
+    sizes = [300_000, 1_000, 250_000, 7, 300_000, 120_000, 299_999, 64, 200_000, 10]
+    for i, size in enumerate(sizes):
+        buf[:size] = bytes([i]) * size  # the caller reuses one buffer, as the pack writer does
+        pipe.put(_pack(i), memoryview(buf)[:size])
+    pipe.drain()
+    for i, size in enumerate(sizes):
+        assert inner.get(_pack(i)) == bytes([i]) * size
+    # At most one buffer per upload slot is kept for the next packs.
+    assert 1 <= len(pipe._free) <= 3
+    pipe.close()

@@ -279,6 +279,10 @@ def test_vault_store_client(vault: VaultServer, agent: Agent) -> None:
         assert store.get(pack_name(pid), len(pack) + 10) == b""
         assert store.get(pack_name(pid), 5, 0) == b""
         assert store.stat(pack_name(pid)).size == len(pack)
+        # A buffer body larger than one send slice (1 MiB) arrives whole and checked.
+        big_id, big, _ = make_pack(count=3, size=600_000)
+        store.put(pack_name(big_id), memoryview(bytearray(big)))
+        assert len(big) > 1024 * 1024 and store.get(pack_name(big_id)) == big
         assert store.exists(pack_name(pid)) and not store.exists("data/00/" + "00" * 32)
         with pytest.raises(KluisError) as missing:
             store.get("index/" + "11" * 32)

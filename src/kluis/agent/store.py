@@ -225,8 +225,9 @@ class ResilientStore(Store):
 class UploadPipeline(Store):
     """Packs (``data/``) are uploaded by background threads; every other call waits for them.
 
-    ``put`` of a pack copies it (the engine reuses its pack buffer at once) and returns as
-    soon as an upload slot is free; at most ``in_flight`` packs are queued or sending.
+    ``put`` of a pack copies it (the engine reuses its pack buffer at once) into a buffer of
+    its own, reused from pack to pack, and returns as soon as an upload slot is free; at most
+    ``in_flight`` packs are queued or sending.
     Before anything else (an index naming those packs, a point, a read, a listing) all
     pending uploads finish, and the first upload error is raised there, or by the next
     ``put``: so nothing is ever committed that names a pack the vault does not hold.
@@ -240,6 +241,10 @@ class UploadPipeline(Store):
         self._lock = threading.Lock()
         self._pending: set[Future[None]] = set()
         self._error: BaseException | None = None
+        # Upload buffers of finished uploads. A fresh 16 MiB buffer per pack cost ~10 ms of
+        # page faults and copying under the interpreter lock, which stalled every other thread.
+        self._free: list[bytearray] = []
+        self._keep = max(1, in_flight)
 
     def _note(self, future: Future[None]) -> None:
         exc = future.exception()
@@ -280,14 +285,32 @@ class UploadPipeline(Store):
         self._slots.acquire()
         try:
             self._raise_failed()
-            body = bytes(data)  # the one copy an upload needs anyway; the caller reuses its buffer
-            future = self._pool.submit(self.inner.put, name, body)
+            size = len(data)
+            buf = self._buffer(size)
+            buf[:size] = data  # the one copy an upload needs; the caller reuses its buffer
+            future = self._pool.submit(self.inner.put, name, memoryview(buf)[:size])
         except BaseException:
             self._slots.release()
             raise
         with self._lock:
             self._pending.add(future)
-        future.add_done_callback(self._done)
+
+        def finished(f: Future[None]) -> None:
+            with self._lock:  # before the slot is free, so that the next pack can take it
+                if len(self._free) < self._keep:
+                    self._free.append(buf)
+            self._done(f)
+
+        future.add_done_callback(finished)
+
+    def _buffer(self, size: int) -> bytearray:
+        """A free upload buffer of at least ``size`` bytes (a new one when none fits)."""
+        with self._lock:
+            while self._free:
+                buf = self._free.pop()
+                if len(buf) >= size:
+                    return buf
+        return bytearray(size)
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         self.drain()
