@@ -27,7 +27,8 @@ def settle_garbage_collector() -> None:
     100-185 ms, which was the whole tail of the heartbeat latency. The modules, the app and
     the routes never become garbage: freezing them takes them out of every pass. A larger
     young generation lets a request's short-lived objects die young instead of being
-    promoted and walked again by the older generations.
+    promoted, and a full pass waits for 100 middle-generation passes (about 25 minutes at
+    that load) instead of 10 (benchmarks/RESULTS-vault.md).
     """
     gc.collect()
     gc.freeze()
