@@ -339,6 +339,11 @@ def unsuitable_filesystem(fstype: str) -> bool:
     return fstype in NETWORK_FS or fstype == "fuse" or fstype.startswith(("fuse.", "fuseblk"))
 
 
+def needed_space(protected_bytes: int) -> int:
+    """Free space the scratch folder needs for ``protected_bytes`` of data (the 5% rule)."""
+    return max(MIN_FREE, int(protected_bytes * FREE_SHARE))
+
+
 def check_folder(root: Path, protected_bytes: int) -> tuple[int, int]:
     """Exists, on a local file system, enough free space, writable; returns (free, needed) bytes."""
     if not root.exists():
@@ -349,7 +354,7 @@ def check_folder(root: Path, protected_bytes: int) -> tuple[int, int]:
     if unsuitable_filesystem(fstype):
         raise KluisError("ScratchFolderUnsupportedFs", path=str(root), fstype=fstype)
     free = free_bytes(root)
-    needed = max(MIN_FREE, int(protected_bytes * FREE_SHARE))
+    needed = needed_space(protected_bytes)
     if free < needed:
         raise KluisError(
             "SalLowDiskSpace",
@@ -425,7 +430,7 @@ def check_before_job(root: Path, *, item_id: str | None, paths: list[str] | None
             # 5% of it fits, the exact size is not needed before the job starts.
             size = SourceSize(paths or [])
             rule_of = source_used_bytes(paths or [])
-            if root.is_dir() and free_bytes(root) < max(MIN_FREE, int(rule_of * FREE_SHARE)):
+            if root.is_dir() and free_bytes(root) < needed_space(rule_of):
                 protected = size.result(ESTIMATE_SECONDS)
                 # Past the budget (a huge tree) the rule waits for the next backup's measured size.
                 rule_of = protected or 0

@@ -184,7 +184,7 @@ class VaultStore(Store):
             if self.job_id:
                 params["job"] = self.job_id
         headers = {"Content-Type": "application/octet-stream"}
-        content: bytes | list[memoryview]
+        content: bytes | list[bytes]
         if isinstance(data, bytes) or not len(data):
             content = bytes(data)
         else:
@@ -193,12 +193,15 @@ class VaultStore(Store):
             # all, under the interpreter lock) held every other thread of an agent up. A list,
             # not a generator, so that a retry can send it again.
             view = memoryview(data).cast("B")
-            content = [view[i : i + _SEND_SLICE] for i in range(0, len(view), _SEND_SLICE)]
+            # httpx types its iterables as bytes; it sends any buffer.
+            content = cast(
+                "list[bytes]", [view[i : i + _SEND_SLICE] for i in range(0, len(view), _SEND_SLICE)]
+            )
             headers["Content-Length"] = str(len(view))
         self._http.request(
             "PUT",
             self._object(name),
-            content=cast("list[bytes]", content) if isinstance(content, list) else content,
+            content=content,
             params=params,
             headers=headers,
         )

@@ -256,7 +256,7 @@ async def _spooled_put(
                 if size > limit:
                     raise KluisError("RepoUploadTooLarge", name=name, limit=limit)
                 f.write(chunk)
-        data = bytearray(await run_in_threadpool(_read_all, tmp))
+        data = await run_in_threadpool(_read_all, tmp)
     finally:
         os.unlink(tmp)
     return await run_in_threadpool(
@@ -288,7 +288,7 @@ def _check_and_store(
     machine_id: str,
     name: str,
     kind: str,
-    buf: bytearray,
+    buf: bytes | bytearray,
     size: int,
     item: str | None,
     job: str | None,
