@@ -35,8 +35,6 @@ REQUIRED_CODES = (
     "UserErrorFsFreezeFailed",
     "UserErrorBcmDatasourceNotPresent",
     "UserErrorVmNotShutDown",
-    "UserErrorVmProvisioningStateFailed",
-    "UserErrorCrpReportedUserError",
     "JobCancelNotSupported",
     "JobNotCancellable",
     "JobNotInProgress",

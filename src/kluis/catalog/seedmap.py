@@ -28,6 +28,11 @@ def _c(seed: str, condition: str, code: str | None = None, **kw: str) -> SeedCon
     return SeedCondition(seed, condition, code, **kw)
 
 
+_NO_VM_CREATION = (
+    "Kluis does not create VMs: a disk restore writes image files or block devices, and the VM"
+    " definition, its name and its network stay with the host; replacing a VM's disks keeps them"
+)
+
 _NO_AZURE_PORTAL = (
     "Kluis has no portal whose state can differ from the hypervisor's; it asks libvirt at job time"
 )
@@ -37,7 +42,13 @@ SEED_CONDITIONS: tuple[SeedCondition, ...] = (
     _c("000", "Operation cannot run because the VM no longer exists", "ProtectedMachineNotFound"),
     _c("000", "Snapshot failed: no network connectivity in the VM", "ExtensionSnapshotFailedNoNetwork"),
     _c("000", "VM agent cannot communicate with the backup service", "UserErrorGuestAgentStatusUnavailable"),
-    _c("000", "VM is in a failed provisioning state", "UserErrorVmProvisioningStateFailed"),
+    _c(
+        "000",
+        "VM is in a failed provisioning state",
+        "ExtensionHandlerFailed",
+        seed_code="UserErrorVmProvisioningStateFailed",
+        analogue="the snapshot extension's handler state recorded as failed on the machine",
+    ),
     _c(
         "000",
         "VMSnapshot extension operation failed for managed disks",
@@ -86,11 +97,16 @@ SEED_CONDITIONS: tuple[SeedCondition, ...] = (
     _c(
         "000",
         "Linux VM with SELinux: the agent's path is not allowed by the security policy",
-        "VmStateTransitional",
-        analogue="SELinux or AppArmor denying the Kluis agent in the VM",
+        "ExtensionBlockedBySecurityPolicy",
+        analogue="SELinux, AppArmor or Landlock denying the agent the programs it runs",
     ),
     _c("000", "Azure VM not found", "ProtectedMachineNotFound"),
-    _c("000", "No VM agent present in the VM", "GuestAgentNotInstalled"),
+    _c(
+        "000",
+        "No VM agent present in the VM",
+        "VmGuestAgentUnavailable",
+        analogue="a running VM whose file systems the host cannot quiesce (`guest_agent = \"none\"`)",
+    ),
     _c(
         "000",
         "Snapshot failed because VSS writers are in a bad state",
@@ -144,26 +160,22 @@ SEED_CONDITIONS: tuple[SeedCondition, ...] = (
     _c(
         "000",
         "Restore failed with an internal cloud error (DNS settings, reserved IP, special network setup)",
-        "RestoreVmNetworkConflict",
-        analogue="the VM's fixed addresses or interfaces conflicting on the target host",
+        not_applicable=_NO_VM_CREATION,
     ),
     _c(
         "000",
         "The chosen DNS name is already in use",
-        "RestoreVmNameInUse",
-        analogue="a VM with the same name on the target host",
+        not_applicable=_NO_VM_CREATION,
     ),
     _c(
         "000",
         "The virtual network configuration is not correct",
-        "RestoreNetworkInvalid",
-        analogue="a libvirt network or bridge that is missing or inactive",
+        not_applicable=_NO_VM_CREATION,
     ),
     _c(
         "000",
         "The cloud service uses a reserved IP that does not match the VM's configuration",
-        "RestoreVmNetworkConflict",
-        analogue="a fixed IP or MAC address already used on the target",
+        not_applicable=_NO_VM_CREATION,
     ),
     _c(
         "000",
@@ -178,8 +190,8 @@ SEED_CONDITIONS: tuple[SeedCondition, ...] = (
     _c(
         "000",
         "The storage account type is not supported for restore",
-        "RestoreTargetStorageUnsupported",
-        analogue="a storage pool or file system that cannot hold the restored images",
+        "RestoreTargetInvalid",
+        analogue="a target that cannot take the restored disk: too small, mounted, or read-only",
     ),
     _c(
         "000",
@@ -196,14 +208,12 @@ SEED_CONDITIONS: tuple[SeedCondition, ...] = (
     _c(
         "000",
         "The selected subnet does not exist",
-        "RestoreNetworkInvalid",
-        analogue="a libvirt network that does not exist on the target host",
+        not_applicable=_NO_VM_CREATION,
     ),
     _c(
         "000",
         "The backup service has no access to resources in the subscription",
-        "RestoreVmCreatePermissionDenied",
-        analogue="the agent lacking the right to define VMs on the target host",
+        not_applicable=_NO_VM_CREATION,
     ),
     _c("000", "Backup takes more than 12 hours or restore more than 6 hours", "JobRunningLong"),
     _c("000", "VM agent version below the minimum", "AgentOutdated"),
@@ -525,7 +535,10 @@ SEED_CONDITIONS: tuple[SeedCondition, ...] = (
         not_applicable="the agent is a Python package; its dependencies are installed by pip with it",
     ),
     _c(
-        "004", "An extension is not in the provisioning-succeeded state", "UserErrorVmProvisioningStateFailed"
+        "004",
+        "An extension is not in the provisioning-succeeded state",
+        "ExtensionHandlerFailed",
+        seed_code="UserErrorVmProvisioningStateFailed",
     ),
     _c(
         "004",
@@ -562,7 +575,9 @@ SEED_CONDITIONS: tuple[SeedCondition, ...] = (
     _c(
         "004",
         "UserErrorVmProvisioningStateFailed: the VM is in a failed provisioning state",
-        "UserErrorVmProvisioningStateFailed",
+        "ExtensionHandlerFailed",
+        seed_code="UserErrorVmProvisioningStateFailed",
+        analogue="the snapshot extension's handler state recorded as failed on the machine",
     ),
     _c(
         "004", "Restore point collection limit: at most 18 points per VM", "UserErrorRpCollectionLimitReached"
@@ -586,7 +601,10 @@ SEED_CONDITIONS: tuple[SeedCondition, ...] = (
     _c(
         "004",
         "UserErrorCrpReportedUserError: the VM reported an error, see the job details",
-        "UserErrorCrpReportedUserError",
+        "SnapshotProviderFailed",
+        seed_code="UserErrorCrpReportedUserError",
+        analogue="the host's snapshot tool (qemu-img, btrfs, cp --reflink) failing; its output is in"
+        " the job's details",
     ),
     _c(
         "004",

@@ -153,8 +153,9 @@ ENTRIES = [
         ),
         http_status=500,
         exit_code=9,
-        seeds=("001", "002", "004"),
+        seeds=("000", "001", "002", "004"),
         area="extension",
+        seed_codes=("UserErrorVmProvisioningStateFailed",),
         doctor_check="extensions",
     ),
 ]

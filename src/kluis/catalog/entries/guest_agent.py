@@ -77,24 +77,6 @@ ENTRIES = [
         doctor_check="agent-service",
     ),
     CatalogEntry(
-        code="GuestAgentNotInstalled",
-        title="No agent in the machine",
-        message="Machine {machine} has no Kluis agent, which a disk backup needs to quiesce it.",
-        causes=(
-            "The machine was created from an image without the agent, or moved in from elsewhere.",
-            "The agent was removed.",
-        ),
-        actions=(
-            "Install the agent package in the machine and register it with `kluis agent register`.",
-            "Check that the service runs with `systemctl status kluis-agent`, then run the operation again.",
-        ),
-        http_status=409,
-        exit_code=9,
-        seeds=("000",),
-        area="guest_agent",
-        doctor_check="agent-service",
-    ),
-    CatalogEntry(
         code="AgentServiceNotEnabled",
         title="The agent does not start at boot",
         message="The agent service on {machine} is not enabled, so it will not run after the next reboot.",

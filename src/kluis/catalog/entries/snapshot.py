@@ -89,8 +89,9 @@ ENTRIES = [
         ),
         http_status=500,
         exit_code=9,
-        seeds=("000",),
+        seeds=("000", "004"),
         area="snapshot",
+        seed_codes=("UserErrorCrpReportedUserError",),
     ),
     CatalogEntry(
         code="SnapshotSpaceInsufficient",

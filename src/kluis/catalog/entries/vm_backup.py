@@ -88,28 +88,6 @@ ENTRIES = [
         area="vm_backup",
     ),
     CatalogEntry(
-        code="UserErrorVmProvisioningStateFailed",
-        title="The machine is in a failed state",
-        message="Machine {machine} is in a failed state because extension {extension} failed; the"
-        " backup cannot run.",
-        causes=(
-            "An extension failed and left the machine in a failed state.",
-            "The machine is in the middle of an update and its state is not settled.",
-        ),
-        actions=(
-            "List the extensions with `kluis extension list`; uninstall the failed one with `kluis"
-            " extension uninstall NAME`.",
-            "If all extensions are fine, check that the agent runs (`systemctl status kluis-agent`)"
-            " and restart it.",
-            "Wait for updates to finish, then run the backup again.",
-        ),
-        http_status=409,
-        exit_code=9,
-        seeds=("000", "004"),
-        area="vm_backup",
-        doctor_check="extensions",
-    ),
-    CatalogEntry(
         code="VmStateTransitional",
         title="The machine is not in a state that allows a backup",
         message="VM {vm} is {state}; a backup needs it running or shut off.",
@@ -140,23 +118,6 @@ ENTRIES = [
         ),
         http_status=409,
         exit_code=9,
-        area="vm_backup",
-    ),
-    CatalogEntry(
-        code="UserErrorCrpReportedUserError",
-        title="The host reported an error for the machine",
-        message="The host of VM {vm} reported an error: {detail}.",
-        causes=(
-            "The hypervisor (libvirt, QEMU) refused or failed the request; its message is in the job"
-            " details.",
-        ),
-        actions=(
-            "Read the full error with `kluis jobs show JOB`.",
-            "Follow the advice for that error, then run the operation again.",
-        ),
-        http_status=502,
-        exit_code=9,
-        seeds=("004",),
         area="vm_backup",
     ),
     CatalogEntry(
