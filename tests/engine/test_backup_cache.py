@@ -236,3 +236,25 @@ def test_nonces_differ_and_blobs_decode(tmp_path: Path) -> None:
     assert len(nonces) == 3
     for blob, flags in encoded:
         assert BlobCodec(repo.keys).decode(blob_id, BlobType.DATA, flags, blob, len(data)) == data
+
+
+def test_recreated_protected_folder_is_a_warning(tmp_path: Path) -> None:
+    """A protected folder deleted and made again is read in full and says so; then quiet."""
+    repo = new_repo(tmp_path / "repo")
+    src = make_tree(tmp_path)
+    cache = ChecksumStore(tmp_path / "cache.db")
+    first = FileBackup(repo, checksum_store=cache).run([src])
+    assert first.status == "completed"
+    expected = snapshot_tree(src)
+    moved = tmp_path / "moved"
+    subprocess.run(["cp", "-a", str(src), str(moved)], check=True)
+    subprocess.run(["rm", "-rf", str(src)], check=True)
+    os.rename(moved, src)  # same path, same content, a new folder (new inode)
+    second = FileBackup(repo, checksum_store=cache, failed_log=tmp_path / "failed.log").run([src])
+    assert second.status == "completed_with_warnings" and second.warnings == 1
+    assert second.files_read == first.files_read and second.stored_bytes < first.stored_bytes
+    assert [w["code"] for w in second.first_warnings] == ["ProtectedFolderRecreated"]
+    assert "ProtectedFolderRecreated" in (tmp_path / "failed.log").read_text()
+    assert restored(repo, second.point_id, src, tmp_path / "out") == expected
+    third = FileBackup(repo, checksum_store=cache).run([src])
+    assert third.status == "completed" and third.files_read == 0

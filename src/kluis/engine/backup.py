@@ -164,6 +164,7 @@ class FileBackup:
         self._root_dev: int | None = None
         self._dir_rows: dict[bytes, DirRow] = {}
         self._stale: list[bytes] = []
+        self._identities: dict[str, str] = {}
         self._file_dirs: set[bytes] = set()
         self._tree_jobs: deque[Future[None]] = deque()
         self.dirs = 0
@@ -567,6 +568,8 @@ class FileBackup:
         self._pool.shutdown(wait=True)
         if self.cache is not None:
             self.cache.forget_dirs(self._stale)
+            for key, value in self._identities.items():
+                self.cache.set_meta(key, value)
             self.cache.commit()
         self.failed.close()
         status = "completed_with_warnings" if self.progress.warnings else "completed"
@@ -650,6 +653,7 @@ class FileBackup:
                 node.subtree = self._level_tree(path, sub).hex()
             elif ntype == DIR:
                 self._root_dev = st.st_dev
+                self._check_identity(path, st)
                 self._load_rows(path)
                 job = self._walk(path, node)
                 self._drain(everything=True)
@@ -669,6 +673,22 @@ class FileBackup:
         tree_id = self._store_tree(nodes)
         self._refs.add(tree_id)
         return tree_id
+
+    def _check_identity(self, path: bytes, st: os.stat_result) -> None:
+        """Warn when a protected folder is not the folder the last backup read.
+
+        A folder deleted and created again (or a file system mounted on its path) has a
+        new (device, inode): nothing below it matches the checksum store, so all of it is
+        read again. That is correct but slow and surprising, so the point says why.
+        """
+        if self.cache is None:
+            return
+        key = "folder-identity:" + os.fsdecode(path)
+        now = f"{st.st_dev}:{st.st_ino}"
+        before = self.cache.get_meta(key)
+        if before is not None and before != now:
+            self._warn(KluisError("ProtectedFolderRecreated", path=os.fsdecode(path)), os.fsdecode(path))
+        self._identities[key] = now  # recorded only when this backup completes
 
     def _load_rows(self, top: bytes) -> None:
         """What the checksum store knows about the folders below one source, in two queries."""
