@@ -67,6 +67,19 @@ def test_policy_create_list_show(world: World) -> None:
     assert missing.rc == 4 and "ResourceNotFound" in missing.stderr and "no-such-policy" in missing.stderr
 
 
+def test_items_set_policy(world: World) -> None:
+    src = world.root / "data-moved"
+    make_tree(src, files=1, size=100, seed=9)
+    item = _protect(world, [src], "--name", "moving")
+    later = world.ok("policy", "create", "later-0500", "--at", "05:00", "--json").json
+    moved = world.ok("items", "set-policy", "moving", "--policy", "later-0500", "--json").json
+    assert moved["id"] == item["id"] and moved["policy_id"] == later["id"] != item["policy_id"]
+    assert moved["job"]["type"] == "ConfigureBackup"
+    assert world.ok("items", "show", "moving", "--json").json["policy_id"] == later["id"]
+    unknown = world.run("items", "set-policy", "moving", "--policy", "no-such-policy")
+    assert unknown.rc == 4 and "ResourceNotFound" in unknown.stderr
+
+
 def test_backup_restore_round_trip(world: World) -> None:
     src = world.root / "data-rt"
     content = make_tree(src, files=12, size=32 * 1024, seed=5)

@@ -186,3 +186,28 @@ def test_scheduled_run_missed_while_the_scheduler_was_off(workdir: Path) -> None
     finally:
         server.kill()
         server.close()
+
+
+def test_too_many_disk_backups_in_one_hour_on_a_host(workdir: Path) -> None:
+    """Five VMs of one host on one policy start within its spread window: a warning."""
+    server = VaultServer(workdir / "vault-crowded", scheduler_enabled=False).start()
+    try:
+        host = Agent(server).registered()
+        other = Agent(server).registered()
+        policy = server.policy()
+        vms = [server.item(host.machine_id, policy["id"], name=f"vm-{i}", kind="disks") for i in range(5)]
+        for i in range(4):  # four on another host are within the rule
+            server.item(other.machine_id, policy["id"], name=f"other-{i}", kind="disks")
+        report = run_vault_doctor(server.data)
+        check = report.check("schedule-overlap")
+        assert check["verdict"] == "warn" and check["error"]["code"] == "ScheduleOverlapOnHost", check
+        assert check["error"]["params"] == {"count": 5, "host": host.hostname}
+        assert [h["host"] for h in check["details"]["hosts"]] == [host.hostname]
+        assert "kluis items set-policy" in check["fix"]
+        # One VM moved to a policy three hours later: four in the hour, the check passes.
+        later = server.policy(schedule={"kind": "daily", "timezone": "Europe/Amsterdam", "times": ["05:30"]})
+        server.ok("PATCH", f"/api/v1/items/{vms[0]['id']}", json={"policy": later["id"]})
+        assert run_vault_doctor(server.data).verdict("schedule-overlap") == "pass"
+    finally:
+        server.kill()
+        server.close()

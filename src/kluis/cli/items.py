@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kluis.cli.client import VaultClient
+from kluis.cli.client import VaultClient, seg
 from kluis.cli.common import (
     JsonOpt,
     MachineOpt,
@@ -91,5 +91,28 @@ def show(
         out.print(f"  last backup: {last} {found.get('last_backup_status') or ''}")
         if found.get("purge_after"):
             out.print(f"  [red]data deleted for good after {when(found['purge_after'])}[/] (kluis undelete)")
+
+    with_client(body, vault, token, as_json)
+
+
+@app.command("set-policy")
+def set_policy(
+    item: Annotated[str, typer.Argument(help="Item name, id or id prefix.")],
+    policy: Annotated[str, typer.Option("--policy", "-p", help="Policy name or id to move the item to.")],
+    machine: MachineOpt = None,
+    vault: VaultOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move a protected item to another policy; its next backup follows the new schedule."""
+
+    def body(client: VaultClient) -> None:
+        found = client.item(item, machine)
+        result = client.patch(f"/items/{seg(found['id'])}", {"policy": policy})
+        if as_json:
+            print_json(result)
+            return
+        print_item(result)
+        out.print(f"  policy:  {policy}")
 
     with_client(body, vault, token, as_json)

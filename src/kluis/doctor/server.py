@@ -331,6 +331,49 @@ def check_schedule(ctx: VaultDoctorContext) -> Result:
     )
 
 
+def check_overlap(ctx: VaultDoctorContext) -> Result:
+    """No host has more than four of its disk items starting backups within one hour."""
+    from sqlalchemy import select
+
+    from kluis.vault.db.models import Machine, Policy, ProtectedItem
+    from kluis.vault.schedule import MAX_STARTS_PER_HOUR, Schedule, crowded_hour, item_delay, runs_between
+
+    spread = ctx.config.schedule_spread
+    starts: dict[str, list[tuple[dt.datetime, str]]] = {}
+    with ctx.db.read() as s:
+        rows = s.execute(
+            select(ProtectedItem, Machine.hostname, Policy)
+            .join(Machine, Machine.id == ProtectedItem.machine_id)
+            .join(Policy, Policy.id == ProtectedItem.policy_id)
+            .where(ProtectedItem.state == "Protected", ProtectedItem.kind == "disks")
+        ).all()
+        for item, hostname, policy in rows:
+            delay = item_delay(item.id, spread)
+            # A week ahead meets every run of daily, weekly and hourly policies.
+            for run in runs_between(
+                Schedule.from_dict(policy.schedule), ctx.now, ctx.now + dt.timedelta(days=7)
+            ):
+                starts.setdefault(hostname, []).append((run + delay, item.name))
+    crowded = []
+    for hostname, host_starts in sorted(starts.items()):
+        found = crowded_hour(host_starts)
+        if found is not None:
+            crowded.append((hostname, found[0], found[1]))
+    if not crowded:
+        return passed(
+            f"no host starts more than {MAX_STARTS_PER_HOUR} disk backups within an hour",
+            hosts=len(starts),
+        )
+    hostname, _, names = crowded[0]
+    error = KluisError("ScheduleOverlapOnHost", count=len(names), host=hostname)
+    return warned(
+        error,
+        "move some of these items to a policy that starts at least an hour later:"
+        " `kluis policy create NAME --at HH:MM`, then `kluis items set-policy ITEM --policy NAME`",
+        details={"hosts": [{"host": h, "from": f.isoformat(), "items": n} for h, f, n in crowded]},
+    )
+
+
 CHECKS: list[Check[VaultDoctorContext]] = [
     Check("vault-config", "Vault configuration", check_config, ("VaultConfigInvalid",)),
     Check("vault-database", "Database reachable", check_database, ("VaultDatabaseUnavailable",)),
@@ -373,6 +416,13 @@ CHECKS: list[Check[VaultDoctorContext]] = [
         "Scheduled backups ran",
         check_schedule,
         ("ScheduledBackupNotRun",),
+        requires=("vault-migrations",),
+    ),
+    Check(
+        "schedule-overlap",
+        "Disk backups spread over time per host",
+        check_overlap,
+        ("ScheduleOverlapOnHost",),
         requires=("vault-migrations",),
     ),
 ]

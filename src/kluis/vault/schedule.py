@@ -404,3 +404,29 @@ def spread_offset(item_id: str | bytes, window_seconds: int) -> int:
 def weekday_names(days: Sequence[int]) -> list[str]:
     """English names of weekday numbers, for messages."""
     return [WEEKDAY_NAMES[d].capitalize() for d in days]
+
+
+# The source documents' rule of thumb: more than four VMs of one host taking snapshots at
+# once slow each other down until their snapshot tasks time out.
+MAX_STARTS_PER_HOUR = 4
+
+
+def crowded_hour(starts: Iterable[tuple[datetime, str]]) -> tuple[datetime, list[str]] | None:
+    """The first hour-long window in which more than ``MAX_STARTS_PER_HOUR`` items start.
+
+    ``starts`` are (start time, item name) pairs of one host; an item counts once per
+    window however often it starts in it. Returns the window's start and its items, or
+    ``None`` when no window is crowded.
+    """
+    ordered = sorted(starts)
+    hour = timedelta(hours=1)
+    for i, (first, _) in enumerate(ordered):
+        names: list[str] = []
+        for when, name in ordered[i:]:
+            if when - first >= hour:
+                break
+            if name not in names:
+                names.append(name)
+        if len(names) > MAX_STARTS_PER_HOUR:
+            return first, names
+    return None
