@@ -233,6 +233,11 @@ def run_disk_backup(job: Job) -> Outcome:
             seconds=round(time.monotonic() - started),
         ) from exc
     snapshot_seconds = time.monotonic() - started
+    # The clean-up before the snapshot has a time budget; points it did not reach are
+    # left for the next run and reported as a warning (an extension installed before
+    # the budget existed has no ``last_cleanup``).
+    cleanup = getattr(collection, "last_cleanup", None)
+    cleanup_warning = cleanup.warning() if cleanup is not None else None
     job.reporter.note(None)
     store: ResilientStore | None = None
     try:
@@ -322,5 +327,6 @@ def run_disk_backup(job: Job) -> Outcome:
         adopted_blobs=adopted,
         network_retries=store.retries if store is not None else 0,
     )
-    warnings: list[dict[str, Any]] = [coded(w) for w in result.warnings[:MAX_WARNINGS]]
+    found = ([cleanup_warning] if cleanup_warning is not None else []) + list(result.warnings)
+    warnings: list[dict[str, Any]] = [coded(w) for w in found[:MAX_WARNINGS]]
     return Outcome("CompletedWithWarnings" if warnings else "Completed", None, warnings, stats)

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from kluis.catalog import KluisError
 from kluis.cli.client import VaultClient
 from kluis.cli.common import (
     JsonOpt,
@@ -23,7 +24,7 @@ from kluis.cli.common import (
     when,
     with_client,
 )
-from kluis.cli.output import out, print_json
+from kluis.cli.output import console, out, print_json
 
 app = typer.Typer(help="Recovery points: what can be restored.", no_args_is_help=True)
 
@@ -81,6 +82,15 @@ def _collection_root(config_dir: str | None) -> Path:
     return instant_root(AgentConfig.load(resolve(config_dir)).scratch)
 
 
+def _print_warning(warning: KluisError) -> None:
+    """A catalog warning on standard error: code, message and what to do (the exit code stays 0)."""
+    from rich.markup import escape
+
+    console.print(f"[bold yellow]{warning.code}[/]: {escape(warning.message)}")
+    for action in warning.actions:
+        console.print(f"  {escape(action)}")
+
+
 @app.command("lock")
 def lock(
     item: Annotated[str, typer.Argument(help="Item name, id or id prefix (a disks item of this machine).")],
@@ -127,5 +137,60 @@ def unlock(
         out.print(
             f"Restore point collection of {found['name']} " + ("unlocked." if removed else "was not locked.")
         )
+
+    with_client(body, vault, token, as_json)
+
+
+@app.command("prune")
+def prune(
+    item: Annotated[str, typer.Argument(help="Item name, id or id prefix (a disks item of this machine).")],
+    time_limit: Annotated[
+        float,
+        typer.Option(
+            "--time-limit",
+            min=0,
+            help="Stop deleting after this many seconds (at least one point is deleted; 0: one).",
+        ),
+    ] = 300.0,
+    config_dir: Annotated[str | None, typer.Option("--config-dir", envvar="KLUIS_AGENT_CONFIG_DIR")] = None,
+    vault: VaultOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete the expired instant recovery points of an item's restore point collection.
+
+    Only expired points go; a locked collection is refused (RestorePointCollectionLocked).
+    When the time limit runs out first, the rest stay for the next run and the command
+    warns with RestorePointCleanupIncomplete (exit code 0): run it again.
+    """
+    from kluis.agent.extensions.snapshot import RestorePointCollection
+
+    def body(client: VaultClient) -> None:
+        found = client.item(item)
+        collection = RestorePointCollection(found["id"], _collection_root(config_dir))
+        result = collection.prune(time_limit=time_limit)
+        left = collection.points()
+        warning = result.warning()
+        if as_json:
+            print_json(
+                {
+                    "item": found["id"],
+                    "deleted": result.deleted,
+                    "remaining": result.remaining,
+                    "complete": result.complete,
+                    "kept": len(left),
+                    "seconds": round(result.seconds, 3),
+                    "warnings": [warning.to_dict()] if warning is not None else [],
+                }
+            )
+            return
+        for snapshot_id in result.deleted:
+            out.print(f"deleted {snapshot_id}")
+        out.print(
+            f"{len(result.deleted)} expired instant recovery points of {found['name']} deleted;"
+            f" {len(left)} kept."
+        )
+        if warning is not None:
+            _print_warning(warning)
 
     with_client(body, vault, token, as_json)

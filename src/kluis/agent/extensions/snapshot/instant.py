@@ -12,6 +12,12 @@ it, ``lock.json`` (who, why, since). Rules, as in the source documents:
   collection fails the same way; its fix is to remove the lock (``kluis points
   unlock ITEM``) and then clean up, by an on-demand backup or by ``prune``.
 
+Deleting a snapshot can be slow (a btrfs subvolume, a big reflinked image), so a
+clean-up has a time budget (``DEFAULT_CLEANUP_SECONDS``): once it has run out, the
+points not reached yet stay for the next clean-up and the run reports
+RestorePointCleanupIncomplete (a warning) with how many are left. At least one point
+is deleted per run, so a budget of 0 means "delete one, then stop".
+
 One process at a time changes a collection (an ``flock`` on ``.mutex``).
 """
 
@@ -24,7 +30,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,7 @@ MAX_POINTS = 18
 MIN_RETENTION_DAYS = 1
 MAX_RETENTION_DAYS = 5
 DAY = 86400.0
+DEFAULT_CLEANUP_SECONDS = 300.0
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -95,6 +102,32 @@ class CollectionLock:
         return f"locked by {self.who} since {when}: {self.why}"
 
 
+@dataclass
+class CleanUp:
+    """What one clean-up did: the ids deleted and how many it did not reach in time."""
+
+    item: str
+    deleted: list[str] = field(default_factory=list)
+    remaining: int = 0
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        """True unless the time budget ran out with points still to delete."""
+        return self.remaining == 0
+
+    def warning(self) -> KluisError | None:
+        """RestorePointCleanupIncomplete when the budget ran out, else None."""
+        if self.complete:
+            return None
+        return KluisError(
+            "RestorePointCleanupIncomplete",
+            item=self.item,
+            remaining=self.remaining,
+            detail=f"{len(self.deleted)} deleted in {self.seconds:.1f} s",
+        )
+
+
 def check_retention(days: int) -> int:
     """Refuse an instant-restore retention outside 1 to 5 days."""
     if (
@@ -120,13 +153,20 @@ class RestorePointCollection:
         *,
         machine: str | None = None,
         limit: int = MAX_POINTS,
+        cleanup_seconds: float = DEFAULT_CLEANUP_SECONDS,
     ) -> None:
         self.item = item
         self.machine = machine or item
         self.limit = limit
+        # The time budget of a clean-up when the caller names none (``reserve`` before
+        # a backup's snapshot is one such caller).
+        self.cleanup_seconds = cleanup_seconds
         self.dir = Path(root) / _SAFE_NAME.sub("_", item)
         self._file = self.dir / "collection.json"
         self._lock_file = self.dir / "lock.json"
+        # The last clean-up this object ran (``reserve`` included): the disk backup reads
+        # it after ``take_snapshot`` to report an unfinished one as a warning.
+        self.last_cleanup: CleanUp | None = None
 
     # -- storage ------------------------------------------------------------------------
 
@@ -202,49 +242,83 @@ class RestorePointCollection:
     # -- changes ------------------------------------------------------------------------
 
     def _clean(
-        self, points: list[InstantPoint], now: float, everything: bool
-    ) -> tuple[list[InstantPoint], list[str]]:
+        self, points: list[InstantPoint], now: float, everything: bool, time_limit: float
+    ) -> tuple[list[InstantPoint], CleanUp]:
         keep: list[InstantPoint] = []
-        deleted: list[str] = []
+        result = CleanUp(self.item)
+        started = time.monotonic()
+        tried = False
         for p in points:
-            if everything or p.expired(now):
-                try:
-                    p.snapshot.delete()
-                except KluisError:
-                    keep.append(p)  # try again at the next clean-up
-                    continue
-                deleted.append(p.id)
-            else:
+            if not (everything or p.expired(now)):
                 keep.append(p)
-        return keep, deleted
+                continue
+            # The clock is read before each deletion but the first: every run makes
+            # progress, however small the budget.
+            if tried and time.monotonic() - started >= time_limit:
+                keep.append(p)
+                result.remaining += 1
+                continue
+            tried = True
+            try:
+                p.snapshot.delete()
+            except KluisError:
+                keep.append(p)  # try again at the next clean-up
+                continue
+            result.deleted.append(p.id)
+        result.seconds = time.monotonic() - started
+        self.last_cleanup = result
+        return keep, result
 
-    def clean_up(self, now: float | None = None, *, everything: bool = False) -> list[str]:
-        """Delete expired points (all with ``everything``); the ids deleted.
+    def prune(
+        self,
+        now: float | None = None,
+        *,
+        everything: bool = False,
+        time_limit: float | None = None,
+    ) -> CleanUp:
+        """Delete expired points (all with ``everything``) within ``time_limit`` seconds.
 
-        A locked collection raises RestorePointCollectionLocked: the lock is there to
-        stop exactly this.
+        For ``kluis points prune ITEM``; ``time_limit`` None is the collection's
+        ``cleanup_seconds``. The result says what was deleted and how many points are
+        left for the next run (``result.warning()``). A locked collection raises
+        RestorePointCollectionLocked: the lock is there to stop exactly this.
         """
         now = time.time() if now is None else now
         with self._mutex():
             if self.lock_info() is not None:
                 raise KluisError("RestorePointCollectionLocked", item=self.item)
-            keep, deleted = self._clean(self._read(), now, everything)
+            budget = self.cleanup_seconds if time_limit is None else time_limit
+            keep, result = self._clean(self._read(), now, everything, budget)
             self._write(keep)
-        return deleted
+        return result
 
-    def reserve(self, now: float | None = None) -> list[str]:
+    def clean_up(
+        self,
+        now: float | None = None,
+        *,
+        everything: bool = False,
+        time_limit: float | None = None,
+    ) -> list[str]:
+        """Delete expired points (all with ``everything``); the ids deleted (see ``prune``)."""
+        return self.prune(now, everything=everything, time_limit=time_limit).deleted
+
+    def reserve(self, now: float | None = None, *, time_limit: float | None = None) -> list[str]:
         """Make room for one more point before a snapshot is taken; the ids cleaned up.
 
-        Expired points are deleted first unless the collection is locked; if the limit
-        is still reached, UserErrorRpCollectionLimitReached.
+        Expired points are deleted first (within ``time_limit`` seconds; an unfinished
+        clean-up is left in ``last_cleanup``) unless the collection is locked; if the
+        limit is still reached, UserErrorRpCollectionLimitReached.
         """
         now = time.time() if now is None else now
+        self.last_cleanup = None
         with self._mutex():
             points = self._read()
             lock = self.lock_info()
             deleted: list[str] = []
             if lock is None:
-                points, deleted = self._clean(points, now, everything=False)
+                budget = self.cleanup_seconds if time_limit is None else time_limit
+                points, cleaned = self._clean(points, now, False, budget)
+                deleted = cleaned.deleted
                 self._write(points)
             if len(points) >= self.limit:
                 expired = sum(1 for p in points if p.expired(now))
@@ -253,6 +327,11 @@ class RestorePointCollection:
                     detail = (
                         f"the collection is {lock.describe()};"
                         f" {expired} expired points could not be cleaned up"
+                    )
+                elif self.last_cleanup is not None and not self.last_cleanup.complete:
+                    detail = (
+                        f"the clean-up stopped after its time limit with {expired} expired points"
+                        " left; run `kluis points prune ITEM`"
                     )
                 raise KluisError(
                     "UserErrorRpCollectionLimitReached",
