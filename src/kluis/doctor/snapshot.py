@@ -1,9 +1,11 @@
-"""Snapshot prerequisites: freezing file systems, LVM space, btrfs tools.
+"""Snapshot prerequisites: the kernel, freezing file systems, LVM space, btrfs tools.
 
 What the snapshot extension needs before it can take a consistent snapshot, asked
 without touching any file system (a test freeze could stall the machine's writers,
 and thawing a mount the agent froze on purpose would break its snapshot):
 
+- ``snapshot-os``: the running kernel is one the disk path supports (Linux 4.5 or
+  newer, see ``kluis.agent.extensions.snapshot.support``; OperatingSystemUnsupported);
 - ``snapshot-freeze``: the agent may freeze (CAP_SYS_ADMIN, what the FIFREEZE ioctl
   needs; UserErrorFsFreezeFailed otherwise), and ``fsfreeze`` is installed to thaw by
   hand (ExtensionDependencyMissing, a warning);
@@ -23,6 +25,7 @@ from pathlib import Path
 from kluis.agent.extensions.snapshot import EXTENSION_NAME
 from kluis.agent.extensions.snapshot.mounts import mounts
 from kluis.agent.extensions.snapshot.providers import device_mapper_missing
+from kluis.agent.extensions.snapshot.support import check_operating_system, distribution_name, kernel_release
 from kluis.agent.scratch import human
 from kluis.catalog import KluisError
 from kluis.doctor.context import MachineContext
@@ -46,6 +49,17 @@ def has_capability(bit: int) -> bool:
 
 def _missing(dependency: str) -> KluisError:
     return KluisError("ExtensionDependencyMissing", extension=EXTENSION_NAME, dependency=dependency)
+
+
+def check_os(ctx: MachineContext) -> Result:
+    """The running kernel is new enough for disk backups (the check the extension makes first)."""
+    try:
+        check_operating_system()
+    except KluisError as error:
+        fix = "update the kernel (or the distribution) and reboot; files-and-folders backups still work"
+        return failed(error, fix)
+    release = kernel_release()
+    return passed(f"{distribution_name()} with kernel {release} supports disk backups", kernel=release)
 
 
 def check_freeze(ctx: MachineContext) -> Result:
@@ -122,6 +136,9 @@ def check_btrfs(ctx: MachineContext) -> Result:
 
 
 CHECKS: list[Check[MachineContext]] = [
+    Check(
+        "snapshot-os", "Snapshot prerequisites: operating system", check_os, ("OperatingSystemUnsupported",)
+    ),
     Check(
         "snapshot-freeze",
         "Snapshot prerequisites: freeze",

@@ -1,9 +1,11 @@
 """One snapshot of a machine, from checks to a kept instant recovery point.
 
-Order: disks and their limits (size, LUKS) -> room in the restore point collection
--> provider choice -> quiesce (pre-script, freeze + watchdog) -> snapshot -> thaw and
-post-script -> keep as an instant recovery point. Any failure after the snapshot was
-taken deletes it again, so nothing half-made stays behind.
+Order: the running kernel (OperatingSystemUnsupported) -> the machine's state (a
+paused or stopping VM is VmStateTransitional) -> disks and their limits (size, LUKS)
+-> room in the restore point collection -> provider choice -> quiesce (pre-script,
+freeze + watchdog) -> snapshot -> thaw and post-script -> keep as an instant recovery
+point. Any failure after the snapshot was taken deletes it again, so nothing
+half-made stays behind.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from .providers.base import Provider, Snapshot, new_snapshot_id
 from .providers.qcow2 import DiskSwitcher
 from .providers.registry import choose_provider
 from .quiesce import Consistency, QuiesceConfig
-from .vmconfig import Machine
+from .support import check_operating_system
+from .vmconfig import Machine, check_backup_state
 
 
 @dataclass
@@ -77,6 +80,10 @@ def take_snapshot(
     ``collection`` the snapshot is not kept (``release()`` deletes it after the transfer).
     """
     config = quiesce or QuiesceConfig()
+    check_operating_system()
+    # Before any reservation or provider work: a paused guest cannot be quiesced, and a
+    # stopping one is still ending its last writes, so neither gives a usable snapshot.
+    check_backup_state(machine)
     if collection is not None:
         check_retention(retention_days)
     disks = machine.list_disks()

@@ -9,7 +9,7 @@ Two kinds exist now; a libvirt connector can come later behind the same protocol
       [vm]
       name = "web-01"
       guest_agent = "local"    # how to quiesce the guest: "local" or "none"
-      pid_file = "/run/vms/web-01.pid"   # optional: the VM runs while this pid lives
+      pid_file = "/run/vms/web-01.pid"   # optional: the VM's state is this process's state
 
       [[disks]]
       name = "root"
@@ -22,6 +22,14 @@ Two kinds exist now; a libvirt connector can come later behind the same protocol
   recovery point is crash-consistent at best (an error unless the quiesce
   configuration has ``continue_on_failure``). Without ``pid_file`` the VM counts as
   running while one of its images is attached to a loop device.
+
+A machine's ``state()`` is one of ``VM_STATES``. For a ``ConfigMachine`` with a
+``pid_file`` it comes from the process's state letter in ``/proc/PID/stat``: stopped
+by a signal (``T``, ``t``) is "paused", exited but not yet reaped by its parent
+(``Z``, ``X``) is "stopping", any other live process is "running", and no process is
+"shut off". A libvirt connector would map ``virsh domstate`` onto the same words. A
+disk backup needs "running" or "shut off" (``check_backup_state``): a paused guest
+cannot be quiesced and a stopping one is about to change its disks' last writes.
 """
 
 from __future__ import annotations
@@ -41,6 +49,14 @@ from .providers.base import DiskRef, disk_format
 from .quiesce import QuiesceConfig, QuiesceOutcome, quiesced
 
 GUEST_AGENTS = ("local", "none")
+
+RUNNING = "running"
+SHUT_OFF = "shut off"
+PAUSED = "paused"
+STOPPING = "stopping"
+VM_STATES = (RUNNING, SHUT_OFF, PAUSED, STOPPING)
+# States a disk backup waits out: VmStateTransitional.
+TRANSITIONAL = (PAUSED, STOPPING)
 
 
 class Quiesce:
@@ -82,14 +98,47 @@ class Machine(Protocol):
     def list_disks(self) -> list[DiskRef]:
         """The disks to snapshot, with their current paths."""
 
+    def state(self) -> str:
+        """One of ``VM_STATES``: running, shut off, paused or stopping."""
+
     def is_running(self) -> bool:
-        """True while the machine runs (a stopped one needs no quiesce)."""
+        """True unless the machine is shut off (a shut-off one needs no quiesce)."""
 
     def quiesce(self, config: QuiesceConfig, item: str = "") -> Quiesce:
         """Quiesce the guest's applications and file systems; thaw with ``Quiesce.thaw``."""
 
     def thaw(self) -> None:
         """Thaw the quiesce in progress, if any."""
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of process ``pid`` from ``/proc/PID/stat``; None when there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # "PID (COMM) S ...": the command name may itself hold spaces and parentheses.
+    rest = stat.rpartition(")")[2].split()
+    return rest[0] if rest else None
+
+
+def state_of_process(letter: str | None) -> str:
+    """A VM state from a process state letter (see the module docstring)."""
+    if letter is None:
+        return SHUT_OFF
+    if letter in ("T", "t"):
+        return PAUSED
+    if letter in ("Z", "X"):
+        return STOPPING
+    return RUNNING
+
+
+def check_backup_state(machine: Machine) -> str:
+    """The machine's state; VmStateTransitional when a backup must wait for it to settle."""
+    state = machine.state()
+    if state in TRANSITIONAL:
+        raise KluisError("VmStateTransitional", vm=machine.name, state=state)
+    return state
 
 
 def local_mounts(disks: list[DiskRef]) -> list[str]:
@@ -144,6 +193,10 @@ class HostMachine(_Quiescing):
             if not os.path.exists(d.path):
                 raise KluisError("ProtectedMachineNotFound", kind="disk", name=d.path, item=self.name)
         return list(self._disks)
+
+    def state(self) -> str:
+        """The machine the agent runs on is running."""
+        return RUNNING
 
     def is_running(self) -> bool:
         """The machine the agent runs on is running."""
@@ -228,16 +281,19 @@ class ConfigMachine(_Quiescing):
         tmp.write_text(json.dumps(active))
         os.replace(tmp, self._state_path)
 
-    def is_running(self) -> bool:
-        """From ``pid_file`` when set, else: one of its images is attached to a loop device."""
+    def state(self) -> str:
+        """From the ``pid_file`` process when set, else: running while an image is on a loop device."""
         if self.pid_file:
             try:
                 pid = int(Path(self.pid_file).read_text().strip())
-                os.kill(pid, 0)
             except (OSError, ValueError):
-                return False
-            return True
-        return any(loop_devices_backed_by(d.path) for d in self.list_disks())
+                return SHUT_OFF  # no pid file (or an unreadable one): the VM is not started
+            return state_of_process(process_state(pid) if pid > 0 else None)
+        return RUNNING if any(loop_devices_backed_by(d.path) for d in self.list_disks()) else SHUT_OFF
+
+    def is_running(self) -> bool:
+        """True unless shut off: a paused or stopping VM still holds its disks."""
+        return self.state() != SHUT_OFF
 
     def quiesce(self, config: QuiesceConfig, item: str = "") -> Quiesce:
         """Quiesce through the guest agent; without one, crash-consistent or an error."""
