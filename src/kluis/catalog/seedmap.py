@@ -105,7 +105,7 @@ SEED_CONDITIONS: tuple[SeedCondition, ...] = (
         "000",
         "No VM agent present in the VM",
         "VmGuestAgentUnavailable",
-        analogue="a running VM whose file systems the host cannot quiesce (`guest_agent = \"none\"`)",
+        analogue='a running VM whose file systems the host cannot quiesce (`guest_agent = "none"`)',
     ),
     _c(
         "000",

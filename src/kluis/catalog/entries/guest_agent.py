@@ -148,6 +148,7 @@ ENTRIES = [
         exit_code=10,
         seeds=("004",),
         area="guest_agent",
+        doctor_check="snapshot-os",
     ),
     CatalogEntry(
         code="MachineRebootPending",

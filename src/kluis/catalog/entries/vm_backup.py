@@ -93,11 +93,12 @@ ENTRIES = [
         message="VM {vm} is {state}; a backup needs it running or shut off.",
         causes=(
             "The VM is starting, stopping, paused or migrating.",
-            "A security policy (SELinux, AppArmor) stops the agent inside the VM from answering.",
+            "The VM's process was stopped by a signal (SIGSTOP) or exited and was not reaped yet.",
         ),
         actions=(
-            "Wait until the VM is running or shut off, then run the backup again (`virsh domstate VM`).",
-            "Allow the agent's directory `/var/lib/kluis` in the security policy inside the VM.",
+            "Wait until the VM is running or shut off, then run the backup again: `ps -o stat= -p PID`"
+            " of the process in the VM's `pid_file` shows its state (`T`: paused, `Z`: stopping).",
+            "Resume a paused VM (`kill -CONT PID`, or `virsh resume VM`) if nobody paused it on purpose.",
         ),
         http_status=409,
         exit_code=9,
