@@ -339,3 +339,37 @@ def test_engine_repository_over_the_vault(vault: VaultServer) -> None:
         assert len(again.load_blob(blobs[2])) == 3002
     finally:
         store.close()
+
+
+def test_raw_reads_serve_ranges_and_hand_back_errors(vault: VaultServer) -> None:
+    """Object reads over http.client give the bytes httpx gives; errors go the usual way."""
+    from kluis.stores.vault import RawReads, VaultStore
+
+    agent = Agent(vault).registered()
+    plain = agent.store()
+    seen: list[int] = []
+    raw = RawReads(vault.url, {"Authorization": f"Bearer {agent.token}"}, timeout=10, before_body=seen.append)
+    fast = VaultStore(vault.url, agent.machine_id, agent.token, retries=2, backoff=0.05, raw_reads=raw)
+    try:
+        pid, data, _ = make_pack(count=3, size=100_000)
+        name = pack_name(pid)
+        plain.put(name, data)
+        size = len(data)
+        for offset, length in ((0, None), (0, 1), (1000, 65_536), (size - 1, 1), (123, 200_000)):
+            assert fast.get(name, offset, length) == plain.get(name, offset, length)
+        assert fast.get(name) == data
+        assert raw.served == 6 and raw.declined == 0
+        assert seen[:2] == [size, 1]  # the bandwidth hook hears each body's length first
+        # A missing object: the raw path declines, the client raises the catalog error.
+        with pytest.raises(KluisError) as info:
+            fast.get(pack_name(secrets.token_bytes(32)))
+        assert info.value.code == "StoreObjectNotFound" and raw.declined == 1
+        # A range past the end: no bytes, as through httpx.
+        assert fast.get(name, size + 10, 10) == b"" == plain.get(name, size + 10, 10)
+        # A refused token: declined too, and the client's error is the vault's.
+        bad = RawReads(vault.url, {"Authorization": "Bearer kluis_m_wrong"}, timeout=10)
+        assert bad.get(fast._object(name), {}) is None and bad.declined == 1
+        bad.close()
+    finally:
+        fast.close()
+        plain.close()
