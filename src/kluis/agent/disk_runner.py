@@ -249,6 +249,7 @@ def run_disk_backup(job: Job) -> Outcome:
             should_stop=job.should_stop,
             outage_limit=env.outage_limit,
             on_wait=job.reporter.note_outage,
+            item=str(job.item.get("name") or item_id),
         )
         job._wait_for_mounts(item_id)
         ensure_repository(cfg, store=store)

@@ -305,6 +305,28 @@ def transport_error(ep: Endpoint, exc: httpx.TransportError) -> KluisError:
     return net_error(ep, "HTTP", f"the request broke off ({type(exc).__name__}: {text})")
 
 
+def is_transfer_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is a timeout while sending or awaiting data.
+
+    A read or write that waited longer than the client's timeout on a connection that
+    was made: the vault (or something on the way) took the connection but stopped
+    answering. A connect that timed out, a refused connection, DNS or TLS are not this:
+    those say the vault cannot be reached at all. Catalog errors built from httpx
+    errors keep the original as their ``__context__`` (``raise ... from None`` hides it
+    from tracebacks, not from the chain).
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (httpx.ReadTimeout, httpx.WriteTimeout)):
+            return True
+        if isinstance(cause, httpx.TransportError):
+            return False  # the first transport error decides
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def response_error(ep: Endpoint, response: httpx.Response) -> KluisError:
     """The catalog error a vault answered with (rebuilt from its code and parameters)."""
     proxy = ep.effective_proxy()

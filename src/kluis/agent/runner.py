@@ -315,6 +315,7 @@ class Job:
                 should_stop=self.should_stop,
                 outage_limit=env.outage_limit,
                 on_wait=self.reporter.note_outage,
+                item=str(self.item.get("name") or item_id),
             )
             # Packs go up in the background while the engine packs the next ones.
             pipeline = UploadPipeline(store)

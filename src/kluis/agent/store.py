@@ -7,7 +7,10 @@ Three layers over :class:`kluis.stores.vault.VaultStore`:
 - :class:`ResilientStore` rides out network outages: each call is retried with
   exponential backoff for up to ``outage_limit`` seconds (honouring cancel); a
   retried pack or index upload first asks (HEAD) whether the vault already has it, so
-  a pack whose upload was cut off after the vault stored it is not sent again.
+  a pack whose upload was cut off after the vault stored it is not sent again. An
+  upload of a backup that still times out (the vault took the connection, then went
+  silent) when that budget is spent ends as BackupDataTransferTimeout; a vault that
+  cannot be reached at all stays 100050.
 - :class:`UploadPipeline` sends packs in the background (a few at a time) while the
   engine goes on packing: a pack upload to the vault waits on the network and on the
   vault's checks, where a local store only waits on the disk. Anything that could
@@ -36,7 +39,7 @@ from typing import TypeVar
 
 from kluis.agent.client import endpoint_of, is_network_error
 from kluis.agent.config import AgentConfig
-from kluis.agent.net import make_client
+from kluis.agent.net import is_transfer_timeout, make_client
 from kluis.agent.throttle import TokenBucket
 from kluis.catalog import KluisError
 from kluis.engine import chunker as chunker_params
@@ -57,8 +60,38 @@ from kluis.stores.vault import VaultStore
 
 log = logging.getLogger("kluis.agent")
 T = TypeVar("T")
-OUTAGE_LIMIT = 900.0  # seconds a job waits for the vault to come back before it fails
 _TAIL_GUESS = 64 * 1024
+
+
+def _env_seconds(name: str, default: float) -> float:
+    """Seconds from the environment variable ``name``; ``default`` when unset or not a positive number."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        log.warning("%s=%r is not a positive number of seconds; using %g", name, text, default)
+        return default
+    return value
+
+
+# Seconds a job keeps retrying a repository call while the vault is unreachable or silent
+# before it fails. KLUIS_AGENT_OUTAGE_LIMIT changes it (read when the agent starts).
+OUTAGE_LIMIT = _env_seconds("KLUIS_AGENT_OUTAGE_LIMIT", 900.0)
+TRANSFER_TIMEOUT = 120.0
+
+
+def transfer_timeout() -> float:
+    """Seconds one repository request may wait for the vault to take or answer data.
+
+    120 unless KLUIS_AGENT_TRANSFER_TIMEOUT says otherwise. It is per request: a pack of
+    16 MiB on a slow line needs its time, and a silent vault is retried up to the outage
+    limit anyway.
+    """
+    return _env_seconds("KLUIS_AGENT_TRANSFER_TIMEOUT", TRANSFER_TIMEOUT)
 
 
 class AgentVaultStore(VaultStore):
@@ -84,7 +117,7 @@ class AgentVaultStore(VaultStore):
             # One attempt per call: ResilientStore retries, with cancel checks and HEAD before re-sending.
             retries=1,
             # The agent's client adds the proxy, the pinned certificate and the throttle.
-            client=make_client(endpoint, cfg.token, buckets=buckets, timeout=120.0),
+            client=make_client(endpoint, cfg.token, buckets=buckets, timeout=transfer_timeout()),
         )
         self.endpoint = endpoint
 
@@ -137,8 +170,12 @@ class ResilientStore(Store):
         should_stop: Callable[[], bool] = lambda: False,
         outage_limit: float = OUTAGE_LIMIT,
         on_wait: Callable[[KluisError | None], None] | None = None,
+        item: str | None = None,
     ) -> None:
         self.inner = inner
+        # The backup's item, for BackupDataTransferTimeout (its name when the caller
+        # knows it); None for a store that only reads (restores).
+        self.item = item or getattr(inner, "item_id", None)
         self.url = inner.url
         self.journal = journal
         self.should_stop = should_stop
@@ -192,7 +229,22 @@ class ResilientStore(Store):
                 return
             self.inner.put(name, data)
 
-        self._retry(f"upload of {name}", attempt)
+        started = time.monotonic()
+        try:
+            self._retry(f"upload of {name}", attempt)
+        except KluisError as exc:
+            # Past the outage limit, and the last try timed out mid-transfer: the vault
+            # is there but does not take the data. Say that, not "cannot be reached".
+            if self.item is None or not is_network_error(exc) or not is_transfer_timeout(exc):
+                raise
+            seconds = round(time.monotonic() - started)
+            log.error("upload of %s kept timing out for %d s; giving up", name, seconds)
+            raise KluisError(
+                "BackupDataTransferTimeout",
+                item=self.item,
+                seconds=seconds,
+                detail=f"upload of {name}: {exc.message}",
+            ) from exc
         if self.journal is not None and name.startswith("index/"):
             self.journal.indexed(bytes(data), name)
 
