@@ -28,6 +28,7 @@ import pytest
 import tomli_w
 
 from kluis.catalog.registry import all_entries
+from kluis.vault.db.models import ProtectedItem
 from tests.agent.helpers import (
     OTHER_PASSPHRASE,
     PASSPHRASE,
@@ -239,11 +240,18 @@ def test_second_daemon_on_the_same_machine(site: Site) -> None:
 
 
 def test_disks_item_naming_no_disk(site: Site) -> None:
-    # The vault's API takes a disks item without a disk list (it means "all disks"); the agent
-    # backs up block devices or one VM, and says so when the job reaches it.
+    # The vault refuses a disks item the agent could not back up ...
     body = {"machine_id": site.a.machine_id(), "name": "all-disks", "kind": "disks", "policy": site.policy}
-    item = site.vault.ok("POST", "/api/v1/items", json=body)
-    assert item["spec"]["disks"] == ["all"]
+    for disks in (None, [], ["all"], ["/dev/loop0", "vm-1"], ["vm-1", "vm-2"]):
+        refused = site.vault.request("POST", "/api/v1/items", json={**body, "disks": disks})
+        assert refused.status_code == 422 and refused.json()["code"] == "ValidationFailed", disks
+    # ... and an agent given one anyway (a newer vault's item, here written into the
+    # database) says so when the job reaches it.
+    item = site.vault.ok("POST", "/api/v1/items", json={**body, "disks": ["vm-1"]})
+    with site.vault.db.write() as s:
+        row = s.get(ProtectedItem, item["id"])
+        assert row is not None
+        row.spec = {"disks": ["all"]}
     done = site.vault.wait_job(site.vault.backup(item["id"])["id"], timeout=90)
     assert done["status"] == "Failed", done
     assert done["error"]["code"] == "AgentJobUnsupported", done

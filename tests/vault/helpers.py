@@ -206,6 +206,8 @@ class VaultServer:
         }
         if kind == "files":
             body["paths"] = ["/srv/data"]
+        else:
+            body["disks"] = [body["name"]]  # a VM of the item's name
         result: dict[str, Any] = self.ok("POST", "/api/v1/items", json=body)
         return result
 

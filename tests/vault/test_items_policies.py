@@ -92,7 +92,13 @@ def test_disk_items_must_fit_the_instant_point_limit(vault: VaultServer) -> None
     disks = vault.request(
         "POST",
         "/api/v1/items",
-        json={"machine_id": agent.machine_id, "name": "disks", "kind": "disks", "policy": policy["id"]},
+        json={
+            "machine_id": agent.machine_id,
+            "name": "disks",
+            "kind": "disks",
+            "disks": ["vm-1"],
+            "policy": policy["id"],
+        },
     )
     assert disks.status_code == 422 and "18" in disks.json()["message"]
     files = vault.item(agent.machine_id, policy["id"], name="files")

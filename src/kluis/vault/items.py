@@ -73,12 +73,15 @@ def check_spec(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
         if set(spec) - {"paths", "exclude"}:
             raise _invalid("a files item takes paths and exclude only")
         return {"paths": list(dict.fromkeys(paths)), "exclude": list(excludes)}
-    disks = spec.get("disks") or ["all"]
-    if not isinstance(disks, list) or len(disks) > 64:
-        raise _invalid("disks must be a list of at most 64 disk names, or ['all']")
+    disks = spec.get("disks")
+    if not isinstance(disks, list) or not 1 <= len(disks) <= 64:
+        raise _invalid("a disks item needs 1 to 64 disks: block devices (/dev/...) or one VM name")
     for d in disks:
-        if not isinstance(d, str) or not _DISK.match(d):
-            raise _invalid(f"disk {d!r} is not a disk name")
+        if not isinstance(d, str) or not _DISK.match(d) or d == "all":
+            raise _invalid(f"disk {d!r} is not a block device or VM name")
+    # The agent backs up the block devices of its own machine, or the disks of one VM.
+    if len(disks) > 1 and not all(d.startswith("/dev/") for d in disks):
+        raise _invalid("give block devices, or one VM name, not both or several VMs")
     if set(spec) - {"disks"}:
         raise _invalid("a disks item takes disks only")
     return {"disks": list(dict.fromkeys(disks))}

@@ -26,7 +26,9 @@ class NewItem(BaseModel):
     kind: str = Field(description="files or disks")
     paths: list[str] | None = Field(default=None, max_length=1000, description="files: absolute paths")
     exclude: list[str] | None = Field(default=None, max_length=1000, description="files: patterns to skip")
-    disks: list[str] | None = Field(default=None, max_length=64, description="disks: device names or ['all']")
+    disks: list[str] | None = Field(
+        default=None, max_length=64, description="disks: block devices (/dev/...) or one VM name"
+    )
     policy: str = Field(description="policy id or name")
 
 
@@ -91,7 +93,7 @@ def enable(
     if body.kind == "files":
         spec = {"paths": body.paths or [], "exclude": body.exclude or []}
     elif body.kind == "disks":
-        spec = {"disks": body.disks or ["all"]}
+        spec = {"disks": body.disks or []}
     with ctx.db.write() as s:
         item, job = items.enable(
             s,
