@@ -13,6 +13,7 @@ import pytest
 
 from kluis.agent.config import Bandwidth, parse_rate
 from kluis.agent.throttle import RateSchedule, ThrottledTransport, TokenBucket
+from kluis.stores.vault import RawReads
 
 MONDAY = dt.datetime(2026, 11, 23)  # a Monday
 
@@ -46,6 +47,14 @@ def test_bucket_holds_the_rate_and_unlimited_is_free() -> None:
 
 
 class _Sink(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the vault speaks
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(1_000_000))
+        self.end_headers()
+        self.wfile.write(bytes(1_000_000))
+
     def do_PUT(self) -> None:
         self.rfile.read(int(self.headers["content-length"]))
         self.send_response(200)
@@ -97,3 +106,18 @@ def test_bad_rates() -> None:
     for bad in ("fast", "-1", "2 parsecs"):
         with pytest.raises(ValueError):
             parse_rate(bad)
+
+
+def test_raw_reads_respect_the_download_limit(sink: str) -> None:
+    """Pack reads over http.client pass the download bucket like httpx's transport does."""
+    bucket = TokenBucket(RateSchedule(Bandwidth(work_hours_limit=2_000_000, off_hours_limit=2_000_000)))
+    raw = RawReads(sink, {}, timeout=10, before_body=bucket.consume)
+    try:
+        started = time.monotonic()
+        assert raw.get("/", {}) == bytes(1_000_000)
+        assert raw.get("/", {}) == bytes(1_000_000)
+        elapsed = time.monotonic() - started
+        assert raw.served == 2
+        assert 0.4 < elapsed < 1.8  # 2 MB at 2 MB/s, the first burst free
+    finally:
+        raw.close()
