@@ -59,6 +59,7 @@ TRANSFER_ATTEMPTS = 2
 DEFAULT_INSTANT_DAYS = 2
 VMS_DIR = "vms"
 QUIESCE_FILE = "quiesce.toml"
+CLEANUP_ENV = "KLUIS_AGENT_CLEANUP_SECONDS"
 
 
 # -- places -------------------------------------------------------------------------------
@@ -158,6 +159,25 @@ def quiesce_config(ext: Any, cfg_path: Path | None) -> Any:
     return ext.QuiesceConfig.load(path) if path.exists() else ext.QuiesceConfig()
 
 
+def cleanup_seconds() -> float | None:
+    """``KLUIS_AGENT_CLEANUP_SECONDS``: the time budget of the clean-up before a snapshot.
+
+    None (unset or not a number of seconds >= 0) keeps the collection's default of 300 s;
+    0 deletes one expired point per backup.
+    """
+    text = os.environ.get(CLEANUP_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        log.warning("%s=%r is not a number of seconds; the default applies", CLEANUP_ENV, text)
+        return None
+    return value
+
+
 def instant_days(job: Job) -> int:
     """The policy's instant recovery point retention (days): the job's ``instant_days`` param.
 
@@ -209,6 +229,9 @@ def run_disk_backup(job: Job) -> Outcome:
     ext = load_extension(job)
     machine = machine_for(ext, job.item, cfg.path, cfg.hostname)
     collection = ext.RestorePointCollection(item_id, instant_root(cfg.scratch), machine=machine.name)
+    budget = cleanup_seconds()
+    if budget is not None:
+        collection.cleanup_seconds = budget  # an attribute: older extension builds ignore it
     base = collection.latest()
     job.reporter.note("quiescing and taking the snapshot")
     keep_days = instant_days(job)
