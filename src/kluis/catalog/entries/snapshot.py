@@ -185,7 +185,10 @@ ENTRIES = [
             "The collection held many recovery points and deleting them all takes longer than one"
             " run allows.",
         ),
-        actions=("Run `kluis points prune ITEM` again; it usually completes within two or three runs.",),
+        actions=(
+            "Run `kluis points prune ITEM` until it reports that nothing is left; give it more"
+            " time with `--time-limit SECONDS`.",
+        ),
         severity=Severity.WARNING,
         http_status=200,
         exit_code=0,

@@ -24,9 +24,9 @@ Every failure is a ``KluisError`` with a catalog code; ``result.warnings`` holds
 ones that did not stop the backup (a script failure under ``continue_on_failure``,
 FreezeWindowExceeded). ``result.summary()`` is the job record's JSON.
 
-**Points** (``kluis points lock|unlock ITEM``): ``lock_collection(item, who, why,
-root)``, ``unlock_collection(item, root)``, and ``RestorePointCollection.clean_up()``
-for ``kluis points prune``.
+**Points** (``kluis points lock|unlock|prune ITEM``): ``lock_collection(item, who, why,
+root)``, ``unlock_collection(item, root)``, and ``RestorePointCollection.prune(time_limit=)``,
+which deletes expired points until its time budget is spent.
 
 **Extensions** (install on the first disk backup, heartbeats, ``kluis extension
 list|uninstall``): ``ExtensionManager(ext_dir, machine=..., enabled=cfg_extensions_enable,
