@@ -68,15 +68,7 @@ def test_silent_vault_mid_upload_fails_the_backup_with_a_transfer_timeout(
 ) -> None:
     data = workdir / "data-t"
     make_tree(data, files=24, size=220 * 1024, seed=5)
-    policy = vault.ok(
-        "POST",
-        "/api/v1/policies",
-        json={
-            "name": "t",
-            "schedule": {"kind": "daily", "timezone": "UTC", "times": ["03:00"]},
-            "retention": {"daily": 7},
-        },
-    )
+    policy = vault.policy("t")
     item = vault.files_item(agent.machine_id(), policy["id"], [str(data)], "silent")
     job = vault.backup(item["id"])
     wait_for(

@@ -57,15 +57,7 @@ def machine() -> Iterator[Machine]:
         agent = AgentProc(root=workdir / "agent", hostname="prunehost", scratch=workdir / "agent" / "scratch")
         registered = agent.register(vault.credentials_file(workdir / "creds"))
         assert registered.rc == 0, registered.stdout + registered.stderr
-        policy = vault.ok(
-            "POST",
-            "/api/v1/policies",
-            json={
-                "name": "prune",
-                "schedule": {"kind": "daily", "timezone": "UTC", "times": ["03:00"]},
-                "retention": {"daily": 7},
-            },
-        )
+        policy = vault.policy("prune")
         src = workdir / "src"
         src.mkdir()
         item = vault.files_item(agent.machine_id(), policy["id"], [str(src)], "vm-prune")
