@@ -41,7 +41,7 @@ from bench_corpus import (  # noqa: E402
     warm_up,
 )
 from bench_disk import build_image, fresh_copy, rewrite_blocks  # noqa: E402
-from bench_measure import PRIORITY, QUIET_GATE, disk_usage, sync  # noqa: E402
+from bench_measure import PRIORITY, QUIET_GATE, disk_usage, drop_page_cache, sync  # noqa: E402
 from bench_report import evaluate_targets, machine, medians, render  # noqa: E402
 from bench_tools import DISK_ONLY, TOOLS, Kluis, KluisDiskApi, Tool, freeze_kluis  # noqa: E402
 
@@ -103,6 +103,8 @@ def tree_run(tool: Tool, corpus: CorpusInfo, i: int) -> dict[str, Any]:
         )
 
         target = tool.run_dir / "restore"
+        sync()
+        cold = drop_page_cache()
         restore = tool.restore(first.snapshot, target)
         sync_after = sync()
         check = check_restore(corpus, restored_root(target, corpus.root))
@@ -110,6 +112,7 @@ def tree_run(tool: Tool, corpus: CorpusInfo, i: int) -> dict[str, Any]:
             **restore.summary(),
             "mb_s": corpus.bytes / restore.seconds / 1e6,
             "sync_after_seconds": round(sync_after, 2),
+            "cold": cold,
             "check": check,
         }
         shutil.rmtree(target)
@@ -183,9 +186,12 @@ def kluis_settings() -> dict[str, Any]:
 def notes(args: argparse.Namespace, disk_mode: str | None, tools: list[str]) -> list[str]:
     """The method notes printed under 'Method'."""
     n = [
-        "Caches cannot be dropped on this machine, so every first backup starts from a warm page cache: "
-        "the whole corpus (or image) is read once, cat-style with two threads, right before it. "
-        "The machine's RAM holds corpus, repository and restore at once.",
+        "Every first backup starts from a warm page cache: the whole corpus (or image) is read once, "
+        "cat-style with two threads, right before it. The machine's RAM holds corpus, repository and "
+        "restore at once.",
+        "Restores of runs whose results.json says `restore.cold: true` (from 2026-12-05 on) start after "
+        "`sync` and a drop of the page cache (`/proc/sys/vm/drop_caches`), for every tool alike; older "
+        "runs restored from whatever cache earlier steps left, and their times swung with it.",
         "`sync` runs before every timed step (not timed), so one step's write-back does not land in the "
         "next one. Restore times are the tools' own; the `sync` after each restore is recorded separately "
         "in results.json (`restore.sync_after_seconds`).",
