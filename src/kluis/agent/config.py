@@ -34,6 +34,7 @@ choose another directory (tests use temporary ones). Example::
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import socket
@@ -290,3 +291,23 @@ _MODELLED_SECTIONS = frozenset({"vault", "machine", "agent", "bandwidth"})
 
 def _invalid(where: str, reason: str) -> KluisError:
     return KluisError("AgentConfigInvalid", path=where, reason=reason)
+
+
+def env_seconds(name: str, *, allow_zero: bool = False) -> float | None:
+    """Seconds from the daemon's environment variable ``name``, for knobs of slow links and tests.
+
+    None when it is unset, or not a finite number of seconds above zero (or zero itself,
+    with ``allow_zero``): the caller's default applies, and a bad value says so in the log.
+    """
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 if allow_zero else value > 0) or value == float("inf"):
+        log = logging.getLogger("kluis.agent")
+        log.warning("%s=%r is not a valid number of seconds; the default applies", name, text)
+        return None
+    return value

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kluis.agent import scratch
+from kluis.agent.config import env_seconds
 from kluis.agent.keys import open_own, own_kek
 from kluis.agent.net import API
 from kluis.agent.store import (
@@ -165,17 +166,7 @@ def cleanup_seconds() -> float | None:
     None (unset or not a number of seconds >= 0) keeps the collection's default of 300 s;
     0 deletes one expired point per backup.
     """
-    text = os.environ.get(CLEANUP_ENV, "").strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        log.warning("%s=%r is not a number of seconds; the default applies", CLEANUP_ENV, text)
-        return None
-    return value
+    return env_seconds(CLEANUP_ENV, allow_zero=True)
 
 
 def instant_days(job: Job) -> int:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from kluis.agent.client import endpoint_of, is_network_error
-from kluis.agent.config import AgentConfig
+from kluis.agent.config import AgentConfig, env_seconds
 from kluis.agent.net import USER_AGENT, Endpoint, is_transfer_timeout, make_client
 from kluis.agent.throttle import TokenBucket
 from kluis.catalog import KluisError
@@ -63,24 +63,9 @@ T = TypeVar("T")
 _TAIL_GUESS = 64 * 1024
 
 
-def _env_seconds(name: str, default: float) -> float:
-    """Seconds from the environment variable ``name``; ``default`` when unset or not a positive number."""
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        log.warning("%s=%r is not a positive number of seconds; using %g", name, text, default)
-        return default
-    return value
-
-
 # Seconds a job keeps retrying a repository call while the vault is unreachable or silent
 # before it fails. KLUIS_AGENT_OUTAGE_LIMIT changes it (read when the agent starts).
-OUTAGE_LIMIT = _env_seconds("KLUIS_AGENT_OUTAGE_LIMIT", 900.0)
+OUTAGE_LIMIT = env_seconds("KLUIS_AGENT_OUTAGE_LIMIT") or 900.0
 TRANSFER_TIMEOUT = 120.0
 
 
@@ -91,7 +76,7 @@ def transfer_timeout() -> float:
     16 MiB on a slow line needs its time, and a silent vault is retried up to the outage
     limit anyway.
     """
-    return _env_seconds("KLUIS_AGENT_TRANSFER_TIMEOUT", TRANSFER_TIMEOUT)
+    return env_seconds("KLUIS_AGENT_TRANSFER_TIMEOUT") or TRANSFER_TIMEOUT
 
 
 class AgentVaultStore(VaultStore):
