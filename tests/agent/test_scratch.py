@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -156,6 +157,24 @@ def test_source_size_counts_what_it_can_read(tmp_path: Path) -> None:
     finally:
         locked.chmod(0o755)
     assert scratch.SourceSize([]).result(0) == 0
+
+
+def test_source_size_counts_at_the_lowest_priority(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the ETA waits for the count, so du must not take CPU from the backup beside it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    seen = tmp_path / "niceness"
+    du = bin_dir / "du"
+    # The real du, reporting the niceness it was given (setpriority may land just after exec).
+    du.write_text(f'#!/bin/sh\nsleep 0.2\nnice > {seen}\nexec /usr/bin/du "$@"\n')
+    du.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f").write_bytes(b"x" * 10_000)
+    size = scratch.SourceSize([str(tmp_path / "data")])
+    total = size.result(30)
+    assert total is not None and total >= 10_000
+    assert seen.read_text().strip() == "19"
 
 
 def test_a_first_backup_waits_for_the_exact_size_only_when_the_bound_does_not_fit(

@@ -50,23 +50,28 @@ def test_packs_upload_in_the_background_and_an_index_waits_for_them(tmp_path: Pa
     for i in range(3):
         buf[:1] = bytes([i])
         pipe.put(_pack(i), buf)  # returns at once although the store is held
-    assert time.monotonic() - t0 < 2
     # The caller's buffer was copied: changing it afterwards does not change the packs.
     buf[:1] = b"Z"
+    index = "index/" + "a" * 64
+    pipe.put(index, bytearray(b"index"))  # queued behind the packs: the caller goes on
+    assert time.monotonic() - t0 < 2
+    time.sleep(0.3)
+    assert not inner.exists(index)  # not sent while the packs it may name are not stored
 
     done = threading.Event()
 
-    def write_index() -> None:
-        pipe.put("index/" + "a" * 64, b"index")
+    def write_refs() -> None:
+        pipe.put("refs/p1", b"refs")
         done.set()
 
-    writer = threading.Thread(target=write_index)
+    writer = threading.Thread(target=write_refs)
     writer.start()
-    assert not done.wait(0.5)  # the index waits for the packs
+    assert not done.wait(0.5)  # a reference list waits for packs and index alike
     inner.gate.set()
     writer.join(10)
     assert done.is_set()
     assert inner.seen_at_index == sorted(_pack(i) for i in range(3))
+    assert inner.get(index) == b"index"
     assert [inner.get(_pack(i))[:1] for i in range(3)] == [b"\x00", b"\x01", b"\x02"]
     pipe.close()
 
@@ -74,16 +79,20 @@ def test_packs_upload_in_the_background_and_an_index_waits_for_them(tmp_path: Pa
 def test_a_failed_upload_is_raised_before_anything_names_it(tmp_path: Path) -> None:
     inner = GatedStore(tmp_path / "store")
     inner.fail = _pack(1)
-    inner.gate.set()
     pipe = UploadPipeline(inner, threads=1, in_flight=2)
     pipe.put(_pack(1), b"one")
+    pipe.put("index/" + "b" * 64, b"index")  # queued while the pack is still on its way
+    inner.gate.set()
     with pytest.raises(KluisError) as caught:
-        pipe.put("index/" + "b" * 64, b"index")
+        pipe.put("refs/p1", b"refs")
     assert caught.value.code == "StoreWriteFailed"
-    assert not inner.exists("index/" + "b" * 64)
-    # Later packs are refused too: the backup stops instead of packing on.
+    assert not inner.exists("index/" + "b" * 64)  # the index naming the lost pack stayed back
+    assert not inner.exists("refs/p1")
+    # Later packs and indexes are refused too: the backup stops instead of packing on.
     with pytest.raises(KluisError):
         pipe.put(_pack(2), b"two")
+    with pytest.raises(KluisError):
+        pipe.put("index/" + "c" * 64, b"index")
     pipe.close()  # closing after a failure does not raise again
 
 

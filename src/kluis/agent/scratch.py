@@ -184,8 +184,8 @@ class SourceSize:
 
     A first backup knows no earlier size for the 5% rule or for its progress ETA. ``du`` walks
     about 4x faster than a Python walk (0.56 s against 2.1 s for 112k files here), and started
-    with the job it runs beside the backup, on the core the backup leaves idle, instead of
-    ahead of it. Directories count their own apparent size and hard links count once.
+    with the job it runs beside the backup, at the lowest priority, on what CPU the backup
+    leaves idle, instead of ahead of it. Directories count their own apparent size and hard links count once.
     """
 
     def __init__(self, paths: list[str]) -> None:
@@ -207,6 +207,11 @@ class SourceSize:
         except OSError:
             self._finish(None)
             return
+        try:
+            # Only the ETA waits for this count: it gets the CPU the backup leaves over.
+            os.setpriority(os.PRIO_PROCESS, self._proc.pid, 19)
+        except OSError:
+            pass
         threading.Thread(target=self._wait, name="kluis-source-size", daemon=True).start()
 
     def _wait(self) -> None:

@@ -286,9 +286,10 @@ class UploadPipeline(Store):
     ``put`` of a pack copies it (the engine reuses its pack buffer at once) into a buffer of
     its own, reused from pack to pack, and returns as soon as an upload slot is free; at most
     ``in_flight`` packs are queued or sending.
-    Before anything else (an index naming those packs, a point, a read, a listing) all
-    pending uploads finish, and the first upload error is raised there, or by the next
-    ``put``: so nothing is ever committed that names a pack the vault does not hold.
+    An index file is queued too, and sent only after every upload queued before it. Before
+    anything else (a reference list, a point, a read, a listing) all pending uploads finish,
+    and the first upload error is raised there, or by the next ``put``: so nothing is ever
+    committed that names a pack the vault does not hold.
     """
 
     def __init__(self, inner: Store, *, threads: int = 2, in_flight: int = 3) -> None:
@@ -335,6 +336,9 @@ class UploadPipeline(Store):
         self._raise_failed()
 
     def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        if name.startswith("index/"):
+            self._put_index(name, bytes(data))
+            return
         if not name.startswith("data/"):
             self.drain()
             self.inner.put(name, data)
@@ -360,6 +364,28 @@ class UploadPipeline(Store):
             self._done(f)
 
         future.add_done_callback(finished)
+
+    def _put_index(self, name: str, data: bytes) -> None:
+        """Queue an index file behind the packs it may name, and return at once.
+
+        The engine writes an index every 16 packs from whichever worker finished the 16th,
+        holding the repository's index lock. Waiting there for the uploads in flight stalled
+        that worker and every worker that finished a pack meanwhile. The vault refuses an
+        index naming a pack it does not hold, so the upload still waits, in the background.
+        """
+        self._raise_failed()
+        with self._lock:
+            before = list(self._pending)
+
+        def upload() -> None:
+            for f in before:
+                f.result()  # a failed pack: its error is already noted; the index stays back
+            self.inner.put(name, data)
+
+        future = self._pool.submit(upload)
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._note)
 
     def _buffer(self, size: int) -> bytearray:
         """A free upload buffer of at least ``size`` bytes (a new one when none fits)."""
