@@ -137,6 +137,26 @@ def test_point_referencing_a_missing_blob_is_refused_and_nothing_recorded(
     assert head.status_code == 404
 
 
+def test_a_point_of_many_blobs_is_checked_in_full(vault: VaultServer, agent: Agent) -> None:
+    """The check runs in chunks of ids: a missing blob past the first chunks is still found."""
+    pid, pack, entries = make_pack(count=4_500, size=8)
+    name, index = make_index(entries)
+    assert agent.put(pack_name(pid), pack).status_code == 200
+    assert agent.put(name, index).status_code == 200
+    ids = sorted(e.id for e in entries)
+    missing = b"\xff" * 31 + b"\x00"  # sorts after every stored id: in the last chunk
+    point_id, refs, point = make_point([*ids, missing])
+    assert agent.put(refs_name(point_id), refs).status_code == 200
+    response = agent.put(point_name(point_id), point)
+    assert response.status_code == 422 and response.json()["code"] == "RepoPointIncomplete"
+    assert response.json()["params"]["blob"] == missing.hex()
+    assert response.json()["params"]["count"] == 1
+    point_id, refs, point = make_point(ids)
+    assert agent.put(refs_name(point_id), refs).status_code == 200
+    assert agent.put(point_name(point_id), point).status_code == 200
+    assert _count(vault, RecoveryPoint, id=point_id) == 1
+
+
 def _indexed_blobs(agent: Agent) -> tuple[bytes, list[bytes]]:
     pid, pack, entries = make_pack()
     name, index = make_index(entries)

@@ -132,27 +132,38 @@ def _chunks(values: Sequence[bytes], size: int = _CHUNK) -> Iterable[Sequence[by
         yield values[i : i + size]
 
 
+_LIVE_SQL = (
+    "SELECT DISTINCT b.blob_id FROM blobs b JOIN packs p"
+    " ON p.machine_id = b.machine_id AND p.pack_id = b.pack_id"
+    " WHERE b.machine_id = {p} AND b.deleted = {false} AND p.deleted_at IS NULL AND b.blob_id {match}"
+)
+_LIVE_CHUNK = {"sqlite": 2_000, "postgresql": 20_000}
+
+
 def live_blobs(session: Session, machine_id: str, ids: Sequence[bytes]) -> set[bytes]:
     """Which of ``ids`` are live blobs of the machine, in a pack the vault still holds.
 
     The pack is checked too, not only the blob row: a row left live after its pack was
     deleted must not let a recovery point (or the agent's dedup) count on data that is gone.
+    A first backup's point names about 130k blobs: built as SQLAlchemy statements with 500
+    ids each, the check took 1.3 s with the agent waiting; plain driver SQL with large
+    chunks (an array parameter on PostgreSQL) takes a small fraction of that.
     """
     found: set[bytes] = set()
-    for chunk in _chunks(ids):
-        found.update(
-            session.scalars(
-                select(Blob.blob_id)
-                .join(Pack, (Pack.machine_id == Blob.machine_id) & (Pack.pack_id == Blob.pack_id))
-                .where(
-                    Blob.machine_id == machine_id,
-                    Blob.deleted.is_(False),
-                    Blob.blob_id.in_(chunk),
-                    Pack.deleted_at.is_(None),
-                )
-                .distinct()
-            )
-        )
+    if not ids:
+        return found
+    dialect = session.get_bind().dialect.name
+    conn = session.connection()
+    chunk = _LIVE_CHUNK.get(dialect, _CHUNK)
+    for part in _chunks(ids, chunk):
+        if dialect == "postgresql":
+            sql = _LIVE_SQL.format(p="%s", false="false", match="= ANY(%s)")
+            params: tuple[Any, ...] = (machine_id, list(part))
+        else:
+            marks = ",".join("?" * len(part))
+            sql = _LIVE_SQL.format(p="?", false="0", match=f"IN ({marks})")
+            params = (machine_id, *part)
+        found.update(row[0] for row in conn.exec_driver_sql(sql, params))
     return found
 
 
