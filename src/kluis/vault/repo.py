@@ -42,7 +42,6 @@ from kluis.vault.auth import Principal, Role
 from kluis.vault.context import VaultContext
 from kluis.vault.db.models import (
     ACTIVE_JOB_STATUSES,
-    Blob,
     GcState,
     IndexFile,
     Job,
