@@ -114,7 +114,9 @@ def test_truncated_and_missing_packs(tmp_path: Path) -> None:
     assert point in report.affected
     big.unlink()
     report = verify(reopen(repo))
-    assert any(p["code"] == "RepoPackMissing" for p in report.problems)
+    missing = [p for p in report.problems if p["code"] == "RepoPackMissing"]
+    assert [p["params"]["pack"] for p in missing] == [big.name]
+    assert point in report.affected  # the blobs the index placed in the lost pack count as damaged
     result = Restorer(reopen(repo), point, tmp_path / "out").run()
     assert result.warnings  # the affected files are reported, the rest restored
     assert (tmp_path / "out" / str(src).lstrip("/")).exists()

@@ -64,6 +64,21 @@ class Index:
         items = list(self._entries.items())
         return (self._unpack(k, v) for k, v in items)
 
+    def pack_ids(self) -> set[bytes]:
+        """Packs the index places at least one blob in (no entry objects are built)."""
+        packs = self._packs
+        return {packs[no] for no in {v >> 104 for v in list(self._entries.values())}}
+
+    def blobs_in(self, pack_ids: set[bytes]) -> dict[bytes, list[bytes]]:
+        """The blobs the index places in each of ``pack_ids`` (a full scan: for rare cases)."""
+        wanted = {self._pack_no[p]: p for p in pack_ids if p in self._pack_no}
+        found: dict[bytes, list[bytes]] = {}
+        for blob_id, v in list(self._entries.items()):
+            pack = wanted.get(v >> 104)
+            if pack is not None:
+                found.setdefault(pack, []).append(blob_id)
+        return found
+
     def reserve(self, blob_id: bytes) -> bool:
         """True when the caller should store this blob: nobody has it or is storing it."""
         if blob_id in self._entries:

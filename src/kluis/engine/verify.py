@@ -98,12 +98,11 @@ class Verifier:
         packs = {pack_id_from_name(o.name): o.size for o in self.repo.store.list("data/")}
         reading = self._start_reading(sorted(packs.items())) if self.read_data else None
         try:
-            by_pack: dict[bytes, list[bytes]] = {}
-            for entry in self.repo.index.entries():
-                by_pack.setdefault(entry.pack, []).append(entry.id)
-            for pack, ids in by_pack.items():
-                if pack not in packs:
-                    self._problem(KluisError("RepoPackMissing", pack=pack.hex()), set(ids))
+            # Runs while the workers read: an entry object per blob here held the interpreter
+            # lock for about 0.4 s of a 6 s verify.
+            gone = self.repo.index.pack_ids() - packs.keys()
+            for pack, ids in self.repo.index.blobs_in(gone).items():
+                self._problem(KluisError("RepoPackMissing", pack=pack.hex()), set(ids))
             points = self.repo.list_points()
             self.report.points = len(points)
             refs_of: dict[str, list[bytes]] = {}
@@ -114,7 +113,8 @@ class Verifier:
                     self._problem(exc)
                     continue
                 refs_of[p.id] = refs
-                missing = {r for r in refs if r not in self.repo.index}
+                index = self.repo.index
+                missing = set() if index.contains_all(refs) else {r for r in refs if r not in index}
                 for r in sorted(missing)[:10]:
                     self._problem(KluisError("RepoBlobMissing", blob=r.hex(), where=f"recovery point {p.id}"))
                 with self._lock:
