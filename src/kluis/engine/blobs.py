@@ -19,9 +19,11 @@ from kluis.catalog import KluisError
 from kluis.engine.format import BLOB_OVERHEAD, NONCE_SIZE, TAG_SIZE, BlobFlags, BlobType, associated_data
 from kluis.engine.keys import MasterKeys
 
-# zstd level 2: on /usr/lib + /usr/share it stored 5% less than level 1 and only 3% more than
-# level 3, at a clearly lower CPU cost, and compression is the largest cost of a first backup.
-DEFAULT_LEVEL = 2
+# zstd level 3, as restic's and borg's defaults. On /usr/lib + /usr/share (4.7 GB) a repository
+# took 1662 MB at level 3 and 1706 MB at level 2, restic's 1689 MB; the first backup took about
+# 5% longer (14% more CPU time), and restores decompress as fast. Level 4 saved 0.5% more for
+# another 16% of compression time (benchmarks/profile_notes.md).
+DEFAULT_LEVEL = 3
 # Compression that saves less than this share is not worth the decompression on restore.
 _MIN_SAVING = 0.03
 # Sample size for the incompressibility probe of large chunks.
