@@ -16,6 +16,9 @@ files is in flight, so memory does not grow with the size of the tree.
 
 A file that cannot be read is skipped with a catalog warning in the failed-files
 log; the recovery point is then "completed with warnings", not failed.
+
+The walk and the hand-off to the workers are here; finishing folders (listings, tree
+ids, checksum-store rows) is in :mod:`kluis.engine.backup_folders`.
 """
 
 from __future__ import annotations
@@ -29,31 +32,32 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import blake3
 
 from kluis.catalog import KluisError, Severity
+from kluis.engine.backup_folders import (
+    STAT_TYPES,
+    DirJob,
+    FolderFinishing,
+    file_node,
+    hex_content,
+    split_ids,
+)
 from kluis.engine.backup_options import BackupOptions, BackupResult, ExclusionRules
 from kluis.engine.backup_read import Batch, Cancelled, FileOutcome, FileReader, Pending, file_error
 from kluis.engine.checksum_store import ChecksumStore, DirRow, FileRow, decode_content, decode_xattrs
 from kluis.engine.failed_files import FailedFilesLog
-from kluis.engine.format import BlobType
 from kluis.engine.metadata import group_name, node_from_stat, node_type, read_xattrs, user_name
 from kluis.engine.progress import Progress, ProgressCallback, Throttle
 from kluis.engine.repository import Repository
 from kluis.engine.trees import (
-    BLOCKDEV,
-    CHARDEV,
     DIR,
-    FIFO,
     FILE,
     HARDLINK,
-    SYMLINK,
     Node,
-    encode_tree,
     fs_name,
 )
 from kluis.engine.tuning import tune_allocator
@@ -65,73 +69,11 @@ _MAX_PENDING_DIRS = 1024
 # Small files go to the workers in batches: one task per this many files or bytes.
 _BATCH_FILES = 48
 _BATCH_BYTES = 4 * 1024 * 1024
-_MAX_TREE_JOBS = 256
-_TYPES = {
-    stat.S_IFREG: FILE,
-    stat.S_IFDIR: DIR,
-    stat.S_IFLNK: SYMLINK,
-    stat.S_IFIFO: FIFO,
-    stat.S_IFCHR: CHARDEV,
-    stat.S_IFBLK: BLOCKDEV,
-}
 _NAME = operator.attrgetter("name")
 _OWNER = operator.itemgetter(6, 7)
-_NO_TREE = bytes(32)  # a mount point left out with --one-file-system: no subtree
 
 
-@dataclass(slots=True)
-class _DirJob:
-    """A folder between being listed and having its tree id."""
-
-    node: Node | None
-    path: bytes
-    # Built as the walk goes (a folder whose entries changed): nodes, files, subfolders.
-    items: list[Node | Pending | _DirJob] = field(default_factory=list)
-    refs: list[bytes] = field(default_factory=list)
-    # A folder whose entries match the checksum store: what was listed, its subfolders.
-    scanned: list[os.DirEntry[bytes]] = field(default_factory=list)
-    kids: list[_DirJob | None] = field(default_factory=list)
-    row: DirRow | None = None
-    row_refs: list[bytes] = field(default_factory=list)
-    # The entries' signature; None when this folder's tree must not be remembered.
-    flat: bytes | None = None
-    tree_id: bytes | None = None
-
-
-def _kids_sig(kids: list[bytes]) -> bytes:
-    # Short lists are kept as they are (comparing them is cheaper than hashing); long ones hashed.
-    joined = b"".join(kids)
-    return joined if len(joined) <= 256 else blake3.blake3(joined).digest()
-
-
-def _split_ids(data: bytes) -> list[bytes]:
-    return [data[i : i + 32] for i in range(0, len(data), 32)]
-
-
-def _hex_content(content: list[bytes | int]) -> list[str | int]:
-    return [c.hex() if isinstance(c, bytes) else c for c in content]
-
-
-def file_node(name: str, st: os.stat_result, xattrs: dict[str, str] | None) -> Node:
-    """The node of a regular file, as :func:`node_from_stat` builds it, with known xattrs."""
-    uid, gid = st.st_uid, st.st_gid
-    return Node(
-        name=name,
-        type=FILE,
-        mode=st.st_mode & 0o7777,
-        uid=uid,
-        gid=gid,
-        user=user_name(uid),
-        group=group_name(gid),
-        mtime_ns=st.st_mtime_ns,
-        ctime_ns=st.st_ctime_ns,
-        size=st.st_size,
-        xattrs=xattrs,
-        nlink=st.st_nlink if st.st_nlink > 1 else None,
-    )
-
-
-class FileBackup:
+class FileBackup(FolderFinishing):
     """One backup run of a set of paths into a repository."""
 
     def __init__(
@@ -156,7 +98,7 @@ class FileBackup:
         self._lock = threading.Lock()
         self.reader = FileReader(repo, self.progress, self._lock, self._should_stop)
         self._refs: set[bytes] = set()
-        self._pending_dirs: deque[_DirJob] = deque()
+        self._pending_dirs: deque[DirJob] = deque()
         self._batch = Batch()
         self._in_flight = 0
         self._unsettled: deque[Pending] = deque()
@@ -184,9 +126,9 @@ class FileBackup:
             os.path.lexists(os.path.join(path, os.fsencode(m))) for m in self.options.exclude_if_present
         )
 
-    def _walk(self, path: bytes, node: Node | None) -> _DirJob:
+    def _walk(self, path: bytes, node: Node | None) -> DirJob:
         """List and stat a folder, then either walk only its subfolders or build it anew."""
-        job = _DirJob(node, path)
+        job = DirJob(node, path)
         steady = True
         try:
             with os.scandir(path) as it:
@@ -224,7 +166,7 @@ class FileBackup:
                 size += st.st_size
                 if st.st_nlink > 1:
                     steady = False  # a hard link's node depends on which name this run saw first
-            elif fmt not in _TYPES:
+            elif fmt not in STAT_TYPES:
                 full = os.fsdecode(entry.path)
                 self._warn(KluisError("SpecialFileSkipped", path=full), full)
                 steady = False
@@ -242,7 +184,7 @@ class FileBackup:
             row = self._dir_rows.pop(path, None)
             if row is not None and row[0] == job.flat:
                 index = self.repo.index
-                ids = _split_ids(row[3])
+                ids = split_ids(row[3])
                 # Garbage collection may have removed what an old tree points at.
                 if row[2] in index and index.contains_all(ids):
                     job.row = row
@@ -265,7 +207,7 @@ class FileBackup:
         self._drain()
         return job
 
-    def _walk_changed(self, job: _DirJob) -> None:
+    def _walk_changed(self, job: DirJob) -> None:
         """Build the nodes of a folder whose entries differ from the checksum store."""
         kept, job.scanned = job.scanned, []
         key = job.path.rstrip(b"/")
@@ -275,7 +217,7 @@ class FileBackup:
             full = entry.path
             name = fs_name(entry.name)
             st = entry.stat(follow_symlinks=False)
-            ntype = _TYPES[st.st_mode & 0o170000]
+            ntype = STAT_TYPES[st.st_mode & 0o170000]
             if ntype == FILE:
                 self._add_file(job, name, full, st, known.get(entry.name))
                 self._drain()
@@ -295,9 +237,7 @@ class FileBackup:
                 job.items.append(child)
                 self.progress.files += 1
 
-    def _add_file(
-        self, job: _DirJob, name: str, path: bytes, st: os.stat_result, row: FileRow | None
-    ) -> None:
+    def _add_file(self, job: DirJob, name: str, path: bytes, st: os.stat_result, row: FileRow | None) -> None:
         key = (st.st_dev, st.st_ino)
         rel = os.fsdecode(path).lstrip("/")
         if st.st_nlink > 1:
@@ -316,7 +256,7 @@ class FileBackup:
             ids = [c for c in content if isinstance(c, bytes)]
             if self.repo.index.contains_all(ids):
                 item = file_node(name, st, decode_xattrs(row[6]))
-                item.content = _hex_content(content)
+                item.content = hex_content(content)
                 job.refs.extend(ids)
                 job.items.append(item)
                 self.progress.files += 1
@@ -386,155 +326,6 @@ class FileBackup:
                 batch.future = None
         assert item.outcome is not None
         return item.outcome
-
-    # -- finishing folders ----------------------------------------------------------------
-
-    def _resolve(self, item: Pending, refs: list[bytes]) -> tuple[Node | None, bool]:
-        """A read file's node (None when it failed) and whether it may be remembered."""
-        outcome = self._settle(item)
-        node = item.node
-        if outcome.error is not None:
-            if node.type != HARDLINK:  # the first name already reported it
-                self._warn(outcome.error, os.fsdecode(item.path))
-            return None, False
-        steady = not outcome.unsteady
-        if node.type != HARDLINK:
-            self.progress.files += 1
-            if outcome.changed:
-                path = os.fsdecode(item.path)
-                self._warn(KluisError("FileChangedWhileReading", path=path), path)
-            st = outcome.st
-            node.size = st.st_size
-            node.mtime_ns = st.st_mtime_ns
-            node.ctime_ns = st.st_ctime_ns
-            node.xattrs = outcome.xattrs
-            if self.cache is not None and steady:
-                self.cache.record(
-                    item.path,
-                    st.st_dev,
-                    st.st_ino,
-                    st.st_size,
-                    st.st_mtime_ns,
-                    st.st_ctime_ns,
-                    outcome.content,
-                    outcome.xattrs,
-                )
-        node.content = _hex_content(outcome.content)
-        refs.extend(c for c in outcome.content if isinstance(c, bytes))
-        return node, steady
-
-    def _finish_dir(self, job: _DirJob) -> None:
-        if job.row is not None:
-            kids = [k.tree_id if k is not None and k.tree_id else _NO_TREE for k in job.kids]
-            if _kids_sig(kids) == job.row[1]:
-                # Nothing in or below this folder changed: its stored tree is this tree.
-                job.tree_id = job.row[2]
-                self._refs.add(job.tree_id)
-                self._refs.update(job.row_refs)
-            else:
-                self._rebuild(job, kids)
-        else:
-            self._finish_changed(job)
-        # The parent keeps this job only for its tree id: drop the nodes and futures now,
-        # or a whole tree's worth of them would stay in memory until the root is done.
-        job.items = []
-        job.kids = []
-        job.scanned = []
-        job.refs = []
-        job.row_refs = []
-        job.row = None
-        self.dirs += 1
-
-    def _finish_changed(self, job: _DirJob) -> None:
-        nodes: list[Node] = []
-        kids: list[bytes] = []
-        refs = job.refs
-        for item in job.items:
-            if isinstance(item, _DirJob):
-                assert item.tree_id is not None and item.node is not None, "directories finish children first"
-                item.node.subtree = item.tree_id.hex()
-                nodes.append(item.node)
-                kids.append(item.tree_id)
-            elif isinstance(item, Pending):
-                node, steady = self._resolve(item, refs)
-                if not steady:
-                    job.flat = None
-                if node is not None:
-                    nodes.append(node)
-            else:
-                if item.type == DIR:
-                    kids.append(_NO_TREE)
-                nodes.append(item)
-        self._save_tree(job, nodes, kids, refs)
-
-    def _rebuild(self, job: _DirJob, kids: list[bytes]) -> None:
-        """Build the tree of a folder whose entries are as recorded but a subfolder changed."""
-        assert self.cache is not None
-        known = self.cache.lookup_dir(job.path.rstrip(b"/"))
-        nodes: list[Node] = []
-        refs: list[bytes] = []
-        kid_ids = iter(kids)
-        index = self.repo.index
-        for entry in job.scanned:
-            full = entry.path
-            name = fs_name(entry.name)
-            st = entry.stat(follow_symlinks=False)
-            ntype = _TYPES[st.st_mode & 0o170000]
-            if ntype == FILE:
-                row = known.get(entry.name)
-                key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                content = decode_content(row[5]) if row is not None and row[:5] == key else None
-                ids = [c for c in content or () if isinstance(c, bytes)]
-                if content is None or not index.contains_all(ids):
-                    # The store lost this file's row: read it now (rare, so one at a time).
-                    self.progress.files -= 1  # counted at listing; counted again when resolved
-                    with self._lock:
-                        self.progress.bytes -= st.st_size
-                    pending = Pending(file_node(name, st, None), full)
-                    self._queue(pending, st.st_size)
-                    self.files_read += 1
-                    node, steady = self._resolve(pending, refs)
-                    if not steady:
-                        job.flat = None
-                    if node is not None:
-                        nodes.append(node)
-                    continue
-                node = file_node(name, st, decode_xattrs(row[6]) if row is not None else None)
-                node.content = _hex_content(content)
-                refs.extend(ids)
-            else:
-                kid = next(kid_ids) if ntype == DIR else None
-                try:
-                    node = node_from_stat(name, st, ntype, full)
-                except OSError as exc:
-                    self._warn(file_error(exc, os.fsdecode(full)), os.fsdecode(full))
-                    job.flat = None
-                    continue
-                if kid is not None and kid != _NO_TREE:
-                    node.subtree = kid.hex()
-            nodes.append(node)
-        self._save_tree(job, nodes, kids, refs)
-
-    def _store_tree(self, nodes: list[Node]) -> bytes:
-        """Encode a listing and hand its compression, encryption and packing to the tree thread."""
-        data = encode_tree(nodes)
-        tree_id = self.repo.codec().chunk_id(data)
-        if self.repo.index.reserve(tree_id):
-            jobs = self._tree_jobs
-            jobs.append(self._tree_pool.submit(self._write_tree, tree_id, data))
-            while jobs and (jobs[0].done() or len(jobs) > _MAX_TREE_JOBS):
-                jobs.popleft().result()  # a failure in the tree thread surfaces here
-        return tree_id
-
-    def _write_tree(self, tree_id: bytes, data: bytes) -> None:
-        self.repo.writer(BlobType.TREE).add(tree_id, BlobType.TREE, data)
-
-    def _save_tree(self, job: _DirJob, nodes: list[Node], kids: list[bytes], refs: list[bytes]) -> None:
-        job.tree_id = tree_id = self._store_tree(nodes)
-        self._refs.add(tree_id)
-        self._refs.update(refs)
-        if self.cache is not None and job.flat is not None:
-            self.cache.record_dir(job.path, job.flat, _kids_sig(kids), tree_id, b"".join(refs))
 
     # -- the run ------------------------------------------------------------------------
 
@@ -662,7 +453,7 @@ class FileBackup:
                 assert job.tree_id is not None
                 node.subtree = job.tree_id.hex()
             elif ntype == FILE:
-                holder = _DirJob(None, parent)
+                holder = DirJob(None, parent)
                 known = self.cache.lookup_dir(parent.rstrip(b"/")) if self.cache is not None else {}
                 self._add_file(holder, name, path, st, known.get(os.fsencode(name)))
                 single = self._finish_single(holder)
@@ -696,7 +487,7 @@ class FileBackup:
             self._dir_rows = self.cache.dir_rows(top)
             self._file_dirs = self.cache.file_dirs(top)
 
-    def _finish_single(self, holder: _DirJob) -> Node | None:
+    def _finish_single(self, holder: DirJob) -> Node | None:
         """Resolve the single file of a source that is a file, not a directory."""
         item = holder.items[0]
         refs = holder.refs
