@@ -37,8 +37,9 @@ def test_each_failing_file_is_skipped_with_its_code(tmp_path: Path, faulty_mount
         "offline.bin": "0x8007018b",  # online-only / network file not available
         "denied.txt": "0x80070005",  # access denied
         "gone.txt": "0x80070002",  # not found
+        "badlink": "0x80070570",  # a symbolic link whose target cannot be read
     }
-    assert result.warnings == 4 and result.failed_files_log == str(log)
+    assert result.warnings == 5 and result.failed_files_log == str(log)
     # The readable file is in the recovery point; the failed ones are not, and nothing is half-written.
     out = tmp_path / "out"
     Restorer(reopen(repo), result.point_id, out).run()

@@ -7,6 +7,7 @@ Run as a process: ``python -m tests.support.faultyfs MOUNTPOINT``. It serves:
 - ``offline.bin``: every read fails with ENOTCONN (a network file whose server is gone)
 - ``denied.txt``: opening fails with EACCES, even for root
 - ``gone.txt``: listed by readdir, but looking it up fails with ENOENT (deleted meanwhile)
+- ``badlink``: a symbolic link whose target cannot be read (readlink fails with EIO)
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ FILES: dict[str, tuple[int, int]] = {
     "offline.bin": (12, errno.ENOTCONN),
     "denied.txt": (13, errno.EACCES),
     "gone.txt": (14, errno.ENOENT),
+    "badlink": (15, errno.EIO),
 }
+SYMLINKS = {15}
 BY_INODE = {ino: (name, err) for name, (ino, err) in FILES.items()}
 
 
@@ -46,6 +49,9 @@ class FaultyFs(pyfuse3.Operations):
         if inode == pyfuse3.ROOT_INODE:
             attr.st_mode = stat.S_IFDIR | 0o755
             attr.st_size = 0
+        elif inode in SYMLINKS:
+            attr.st_mode = stat.S_IFLNK | 0o777
+            attr.st_size = 8
         else:
             attr.st_mode = stat.S_IFREG | 0o644
             attr.st_size = len(GOOD)
@@ -93,6 +99,9 @@ class FaultyFs(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         return None
+
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        raise pyfuse3.FUSEError(BY_INODE[inode][1])
 
 
 def main(mountpoint: str) -> None:

@@ -222,11 +222,8 @@ class FileBackup(FolderFinishing):
                 self._add_file(job, name, full, st, known.get(entry.name))
                 self._drain()
                 continue
-            try:
-                child = node_from_stat(name, st, ntype, full)
-            except OSError as exc:
-                self._warn(file_error(exc, os.fsdecode(full)), os.fsdecode(full))
-                job.flat = None
+            child = self._other_node(job, name, st, ntype, full)
+            if child is None:
                 continue
             if ntype == DIR:
                 if one_fs and st.st_dev != self._root_dev:

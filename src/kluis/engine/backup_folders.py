@@ -129,6 +129,17 @@ class FolderFinishing:
 
         def _settle(self, item: Pending) -> FileOutcome: ...
 
+    def _other_node(self, job: DirJob, name: str, st: os.stat_result, ntype: str, path: bytes) -> Node | None:
+        """The node of an entry that is not a regular file; None, with a warning, when it
+        cannot be read (and then the folder's listing is not remembered)."""
+        try:
+            return node_from_stat(name, st, ntype, path)
+        except OSError as exc:
+            text = os.fsdecode(path)
+            self._warn(file_error(exc, text), text)
+            job.flat = None
+            return None
+
     def _resolve(self, item: Pending, refs: list[bytes]) -> tuple[Node | None, bool]:
         """A read file's node (None when it failed) and whether it may be remembered."""
         outcome = self._settle(item)
@@ -244,12 +255,10 @@ class FolderFinishing:
                 refs.extend(ids)
             else:
                 kid = next(kid_ids) if ntype == DIR else None
-                try:
-                    node = node_from_stat(name, st, ntype, full)
-                except OSError as exc:
-                    self._warn(file_error(exc, os.fsdecode(full)), os.fsdecode(full))
-                    job.flat = None
+                other = self._other_node(job, name, st, ntype, full)
+                if other is None:
                     continue
+                node = other
                 if kid is not None and kid != NO_TREE:
                     node.subtree = kid.hex()
             nodes.append(node)
