@@ -183,9 +183,10 @@ class SourceSize:
     """Apparent bytes under a first backup's paths, counted by ``du`` in a process of its own.
 
     A first backup knows no earlier size for the 5% rule or for its progress ETA. ``du`` walks
-    about 4x faster than a Python walk (0.56 s against 2.1 s for 112k files here), and started
-    with the job it runs beside the backup, at the lowest priority, on what CPU the backup
-    leaves idle, instead of ahead of it. Directories count their own apparent size and hard links count once.
+    about 4x faster than a Python walk (0.56 s against 2.1 s for 112k files here). Started
+    with the job, it runs beside the backup at the lowest priority, on CPU the backup leaves
+    idle, instead of ahead of it. Directories count their own apparent size and hard links
+    count once.
     """
 
     def __init__(self, paths: list[str]) -> None:
