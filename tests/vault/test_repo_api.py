@@ -90,7 +90,7 @@ def test_pack_upload_is_idempotent(vault: VaultServer, agent: Agent) -> None:
 def test_pack_uploaded_without_a_length_is_spooled_and_checked(vault: VaultServer, agent: Agent) -> None:
     # Without Content-Length the vault cannot size a memory buffer: the body goes through a
     # temporary file, with the same checks.
-    pid, pack, _ = make_pack(count=4, size=5000)
+    pid, pack, entries = make_pack(count=4, size=5000)
     path = ROOT.format(agent.machine_id) + f"/objects/{pack_name(pid)}"
     chunks = (pack[i : i + 4096] for i in range(0, len(pack), 4096))
     stored = agent.call("PUT", path, content=chunks)
@@ -105,6 +105,13 @@ def test_pack_uploaded_without_a_length_is_spooled_and_checked(vault: VaultServe
     chunks = (bytes(damaged[i : i + 4096]) for i in range(0, len(damaged), 4096))
     refused = agent.call("PUT", path, content=chunks)
     assert refused.status_code == 422 and refused.json()["code"] == "RepoUploadChecksumMismatch"
+    # Small objects take the same path (read through a memory map of the file), even empty ones.
+    iname, index = make_index(entries)
+    base = ROOT.format(agent.machine_id) + "/objects/"
+    indexed = agent.call("PUT", base + iname, content=(index[i : i + 100] for i in range(0, len(index), 100)))
+    assert indexed.status_code == 200 and indexed.json()["created"] is True
+    empty = agent.call("PUT", base + "config", content=(b"" for _ in range(1)))
+    assert empty.status_code == 422 and empty.json()["code"] == "RepoUploadRejected"
 
 
 def test_index_naming_a_missing_pack_is_refused(vault: VaultServer, agent: Agent) -> None:

@@ -12,12 +12,13 @@ fits one window is read and answered in one hop too (restores read packs in wind
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import tempfile
 import threading
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import blake3
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -246,27 +247,50 @@ async def _spooled_put(
     item: str | None,
     job: str | None,
 ) -> dict[str, Any]:
-    """The upload through a temporary file in ``[server] tmp_dir`` (memory stays bounded)."""
+    """The upload through a temporary file in ``[server] tmp_dir`` (memory stays bounded).
+
+    The checks and the store read the file through a read-only memory map: its pages are
+    the file's own page cache, which the kernel can drop, so a spooled pack is never copied
+    whole into the vault's heap (that would undo the memory budget that sent it here).
+    """
     size = 0
     fd, tmp = tempfile.mkstemp(prefix="kluis-upload-", dir=ctx.config.tmp_dir)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "w+b") as f:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
                     raise KluisError("RepoUploadTooLarge", name=name, limit=limit)
                 f.write(chunk)
-        data = await run_in_threadpool(_read_all, tmp)
+            f.flush()
+            return await run_in_threadpool(
+                _check_and_store_file, _service(ctx), machine_id, name, kind, f, size, item, job
+            )
     finally:
         os.unlink(tmp)
-    return await run_in_threadpool(
-        _check_and_store, _service(ctx), machine_id, name, kind, data, len(data), item, job
-    )
 
 
-def _read_all(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def _check_and_store_file(
+    service: repo.RepoService,
+    machine_id: str,
+    name: str,
+    kind: str,
+    f: BinaryIO,
+    size: int,
+    item: str | None,
+    job: str | None,
+) -> dict[str, Any]:
+    """:func:`_check_and_store` over a spooled upload, mapped rather than read into memory."""
+    if size == 0:  # an empty file cannot be mapped
+        return _check_and_store(service, machine_id, name, kind, b"", 0, item, job)
+    mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+    try:
+        return _check_and_store(service, machine_id, name, kind, mapped, size, item, job)
+    finally:
+        try:
+            mapped.close()
+        except BufferError:
+            pass  # a view of it is still held (by an error's traceback): unmapped when that goes
 
 
 async def _receive(request: Request, buf: bytearray, declared: int, name: str) -> int:
@@ -288,7 +312,7 @@ def _check_and_store(
     machine_id: str,
     name: str,
     kind: str,
-    buf: bytes | bytearray,
+    buf: bytes | bytearray | mmap.mmap,
     size: int,
     item: str | None,
     job: str | None,
