@@ -41,7 +41,7 @@ from kluis.vault.db.models import (
     RecoveryPoint,
 )
 from kluis.vault.db.types import utcnow
-from kluis.vault.repo import upsert_blobs
+from kluis.vault.repo import in_chunks, upsert_blobs
 from kluis.vault.retention import RetentionRule, expired, points_to_keep
 
 log = logging.getLogger("kluis.vault.maintenance")
@@ -322,27 +322,25 @@ def reconcile_packs(ctx: VaultContext, machine_id: str) -> int:
             select(Pack.pack_id).where(Pack.machine_id == machine_id, Pack.deleted_at.is_(None))
         ).all()
         gone = [pack_id for pack_id in listed if pack_id not in present]
-        for pack_id in gone:
-            s.execute(
-                update(Pack)
-                .where(Pack.machine_id == machine_id, Pack.pack_id == pack_id)
-                .values(deleted_at=now)
-            )
+        _mark_packs_deleted(s, machine_id, gone, now)
     if gone:
         log.warning("machine %s: %d pack(s) missing from the store marked deleted", machine_id, len(gone))
     return len(gone)
+
+
+def _mark_packs_deleted(s: Session, machine_id: str, pack_ids: list[bytes], now: dt.datetime) -> None:
+    """Mark pack rows deleted, a few hundred per statement (a sweep may remove thousands)."""
+    for chunk in in_chunks(pack_ids, 500):
+        s.execute(
+            update(Pack).where(Pack.machine_id == machine_id, Pack.pack_id.in_(chunk)).values(deleted_at=now)
+        )
 
 
 def _record_result(ctx: VaultContext, machine_id: str, result: gc.GcResult) -> None:
     """Make the database agree with the repository GC left behind."""
     now = utcnow()
     with ctx.db.write() as s:
-        for pack_id in result.packs_deleted:
-            s.execute(
-                update(Pack)
-                .where(Pack.machine_id == machine_id, Pack.pack_id == pack_id)
-                .values(deleted_at=now)
-            )
+        _mark_packs_deleted(s, machine_id, list(result.packs_deleted), now)
         for pack_id, size in result.new_packs.items():
             row = s.get(Pack, (machine_id, pack_id))
             if row is None:

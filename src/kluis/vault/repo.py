@@ -126,7 +126,8 @@ def _hexid(data: bytes) -> str:
     return data.hex()
 
 
-def _chunks(values: Sequence[bytes], size: int = _CHUNK) -> Iterable[Sequence[bytes]]:
+def in_chunks(values: Sequence[bytes], size: int = _CHUNK) -> Iterable[Sequence[bytes]]:
+    """``values`` in consecutive slices of at most ``size`` (for IN lists of bounded length)."""
     for i in range(0, len(values), size):
         yield values[i : i + size]
 
@@ -154,7 +155,7 @@ def live_blobs(session: Session, machine_id: str, ids: Sequence[bytes]) -> set[b
     dialect = session.get_bind().dialect.name
     conn = session.connection()
     chunk = _LIVE_CHUNK.get(dialect, _CHUNK)
-    for part in _chunks(ids, chunk):
+    for part in in_chunks(ids, chunk):
         if dialect == "postgresql":
             sql = _LIVE_SQL.format(p="%s", false="false", match="= ANY(%s)")
             params: tuple[Any, ...] = (machine_id, list(part))
