@@ -39,7 +39,6 @@ import blake3
 
 from kluis.catalog import KluisError, Severity
 from kluis.engine.backup_folders import (
-    STAT_TYPES,
     DirJob,
     FolderFinishing,
     file_node,
@@ -50,7 +49,7 @@ from kluis.engine.backup_options import BackupOptions, BackupResult, ExclusionRu
 from kluis.engine.backup_read import Batch, Cancelled, FileOutcome, FileReader, Pending, file_error
 from kluis.engine.checksum_store import ChecksumStore, DirRow, FileRow, decode_content, decode_xattrs
 from kluis.engine.failed_files import FailedFilesLog
-from kluis.engine.metadata import group_name, node_from_stat, node_type, read_xattrs, user_name
+from kluis.engine.metadata import STAT_TYPES, group_name, node_from_stat, node_type, read_xattrs, user_name
 from kluis.engine.progress import Progress, ProgressCallback, Throttle
 from kluis.engine.repository import Repository
 from kluis.engine.trees import (

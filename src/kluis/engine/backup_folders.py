@@ -13,7 +13,6 @@ lives there, the finishing here.
 from __future__ import annotations
 
 import os
-import stat
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,32 +25,19 @@ from kluis.catalog import KluisError
 from kluis.engine.backup_read import FileOutcome, Pending, file_error
 from kluis.engine.checksum_store import ChecksumStore, DirRow, decode_content, decode_xattrs
 from kluis.engine.format import BlobType
-from kluis.engine.metadata import group_name, node_from_stat, user_name
+from kluis.engine.metadata import STAT_TYPES, group_name, node_from_stat, user_name
 from kluis.engine.progress import Progress
 from kluis.engine.repository import Repository
 from kluis.engine.trees import (
-    BLOCKDEV,
-    CHARDEV,
     DIR,
-    FIFO,
     FILE,
     HARDLINK,
-    SYMLINK,
     Node,
     encode_tree,
     fs_name,
 )
 
 _MAX_TREE_JOBS = 256
-# Node type of each file format (the st_mode bits); sockets have none and are skipped.
-STAT_TYPES = {
-    stat.S_IFREG: FILE,
-    stat.S_IFDIR: DIR,
-    stat.S_IFLNK: SYMLINK,
-    stat.S_IFIFO: FIFO,
-    stat.S_IFCHR: CHARDEV,
-    stat.S_IFBLK: BLOCKDEV,
-}
 NO_TREE = bytes(32)  # a mount point left out with --one-file-system: no subtree
 
 

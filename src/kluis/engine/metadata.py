@@ -57,22 +57,20 @@ def gid_for(name: str | None, fallback: int) -> int:
     return fallback
 
 
+# Node type of each file format (the st_mode bits); sockets have none and are skipped.
+STAT_TYPES = {
+    stat.S_IFREG: FILE,
+    stat.S_IFDIR: DIR,
+    stat.S_IFLNK: SYMLINK,
+    stat.S_IFIFO: FIFO,
+    stat.S_IFCHR: CHARDEV,
+    stat.S_IFBLK: BLOCKDEV,
+}
+
+
 def node_type(st: os.stat_result) -> str | None:
     """The tree node type for a stat result; None for sockets (skipped)."""
-    mode = st.st_mode
-    if stat.S_ISREG(mode):
-        return FILE
-    if stat.S_ISDIR(mode):
-        return DIR
-    if stat.S_ISLNK(mode):
-        return SYMLINK
-    if stat.S_ISFIFO(mode):
-        return FIFO
-    if stat.S_ISCHR(mode):
-        return CHARDEV
-    if stat.S_ISBLK(mode):
-        return BLOCKDEV
-    return None
+    return STAT_TYPES.get(stat.S_IFMT(st.st_mode))
 
 
 def read_xattrs(path: bytes) -> dict[str, str] | None:
