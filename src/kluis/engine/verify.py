@@ -100,8 +100,9 @@ class Verifier:
         try:
             # Runs while the workers read: an entry object per blob here held the interpreter
             # lock for about 0.4 s of a 6 s verify.
-            gone = self.repo.index.pack_ids() - packs.keys()
-            for pack, ids in self.repo.index.blobs_in(gone).items():
+            index = self.repo.index
+            gone = index.pack_ids() - packs.keys()
+            for pack, ids in index.blobs_in(gone).items():
                 self._problem(KluisError("RepoPackMissing", pack=pack.hex()), set(ids))
             points = self.repo.list_points()
             self.report.points = len(points)
@@ -113,7 +114,6 @@ class Verifier:
                     self._problem(exc)
                     continue
                 refs_of[p.id] = refs
-                index = self.repo.index
                 missing = set() if index.contains_all(refs) else {r for r in refs if r not in index}
                 for r in sorted(missing)[:10]:
                     self._problem(KluisError("RepoBlobMissing", blob=r.hex(), where=f"recovery point {p.id}"))
@@ -191,7 +191,7 @@ class Verifier:
             entries = decode_pack_trailer(name, data, len(data))
         except KluisError as exc:
             # Rare: find the blobs the index places in this pack only now.
-            self._problem(exc, {e.id for e in self.repo.index.entries() if e.pack == pack_id})
+            self._problem(exc, set(self.repo.index.blobs_in({pack_id}).get(pack_id, ())))
             return
         if len(data) != size or object_id(data) != pack_id:
             self._problem(
