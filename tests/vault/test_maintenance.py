@@ -8,10 +8,10 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from kluis.engine.format import encode_point, encode_refs, pack_name, point_name, refs_name
-from kluis.vault.db.models import GcState, ProtectedItem
+from kluis.vault.db.models import GcState, IndexFile, ProtectedItem
 from tests.vault.helpers import Agent, VaultServer, make_index, make_pack
 
 FINAL = ("Completed", "CompletedWithWarnings", "Failed", "Cancelled")
@@ -112,6 +112,10 @@ def test_retention_expires_points_and_gc_frees_their_data(vault: VaultServer) ->
         assert len(list(store.list("index/"))) == 1  # GC leaves one index covering everything
     finally:
         store.close()
+    # The index files it replaced are recorded as deleted, the new one as live.
+    with vault.db.read() as s:
+        rows = s.scalars(select(IndexFile).where(IndexFile.machine_id == agent.machine_id)).all()
+    assert sorted(r.deleted_at is None for r in rows) == [False] * 4 + [True]
 
 
 def test_soft_deleted_items_are_purged_after_14_days(vault: VaultServer) -> None:

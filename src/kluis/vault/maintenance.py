@@ -330,9 +330,19 @@ def reconcile_packs(ctx: VaultContext, machine_id: str) -> int:
 
 def _mark_packs_deleted(s: Session, machine_id: str, pack_ids: list[bytes], now: dt.datetime) -> None:
     """Mark pack rows deleted, a few hundred per statement (a sweep may remove thousands)."""
-    for chunk in in_chunks(pack_ids, 500):
+    for chunk in in_chunks(pack_ids):
         s.execute(
             update(Pack).where(Pack.machine_id == machine_id, Pack.pack_id.in_(chunk)).values(deleted_at=now)
+        )
+
+
+def _mark_index_files_deleted(s: Session, machine_id: str, names: list[str], now: dt.datetime) -> None:
+    """Mark index-file rows deleted, a few hundred per statement, as for packs."""
+    for chunk in in_chunks([name.split("/", 1)[1] for name in names]):
+        s.execute(
+            update(IndexFile)
+            .where(IndexFile.machine_id == machine_id, IndexFile.index_id.in_(chunk))
+            .values(deleted_at=now)
         )
 
 
@@ -366,13 +376,7 @@ def _record_result(ctx: VaultContext, machine_id: str, result: gc.GcResult) -> N
                 for e in result.index_entries
             ],
         )
-        for name in result.index_files_deleted:
-            index_id = name.split("/", 1)[1]
-            s.execute(
-                update(IndexFile)
-                .where(IndexFile.machine_id == machine_id, IndexFile.index_id == index_id)
-                .values(deleted_at=now)
-            )
+        _mark_index_files_deleted(s, machine_id, list(result.index_files_deleted), now)
         if result.index_name:
             index_id = result.index_name.split("/", 1)[1]
             index_row = s.get(IndexFile, (machine_id, index_id))

@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -53,6 +53,7 @@ from kluis.vault.db.models import (
 )
 from kluis.vault.db.types import utcnow
 
+T = TypeVar("T")
 MAX_HAVE = 10_000
 _CHUNK = 500
 _UPSERT_BATCH = 10_000
@@ -126,7 +127,7 @@ def _hexid(data: bytes) -> str:
     return data.hex()
 
 
-def in_chunks(values: Sequence[bytes], size: int = _CHUNK) -> Iterable[Sequence[bytes]]:
+def in_chunks(values: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
     """``values`` in consecutive slices of at most ``size`` (for IN lists of bounded length)."""
     for i in range(0, len(values), size):
         yield values[i : i + size]
