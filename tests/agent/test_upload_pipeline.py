@@ -111,3 +111,24 @@ def test_upload_buffers_are_reused_and_never_mix_packs(tmp_path: Path) -> None:
     # At most one buffer per upload slot is kept for the next packs.
     assert 1 <= len(pipe._free) <= 3
     pipe.close()
+
+
+def test_an_index_waiting_for_its_packs_holds_no_upload_thread(tmp_path: Path) -> None:
+    # Two upload threads: one pack is held at the gate, an index waits for it. The next
+    # pack must start on the second thread, not queue behind a thread parked by the index.
+    inner = GatedStore(tmp_path / "store")
+    pipe = UploadPipeline(inner, threads=2, in_flight=3)
+    pipe.put(_pack(0), b"zero")
+    index = "index/" + "d" * 64
+    pipe.put(index, b"index")
+    pipe.put(_pack(1), b"one")
+    deadline = time.monotonic() + 5
+    while len(inner.started) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert inner.started == [_pack(0), _pack(1)]
+    assert not inner.exists(index)
+    inner.gate.set()
+    pipe.drain()
+    assert inner.seen_at_index == [_pack(0), _pack(1)] or inner.seen_at_index == [_pack(0)]
+    assert inner.get(index) == b"index"
+    pipe.close()

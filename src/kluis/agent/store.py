@@ -371,21 +371,49 @@ class UploadPipeline(Store):
         The engine writes an index every 16 packs from whichever worker finished the 16th,
         holding the repository's index lock. Waiting there for the uploads in flight stalled
         that worker and every worker that finished a pack meanwhile. The vault refuses an
-        index naming a pack it does not hold, so the upload still waits, in the background.
+        index naming a pack it does not hold, so the index is sent once the last upload
+        queued before it has finished; until then it holds no upload thread, which the
+        packs queued after it need.
         """
         self._raise_failed()
         with self._lock:
-            before = list(self._pending)
-
-        def upload() -> None:
-            for f in before:
-                f.result()  # a failed pack: its error is already noted; the index stays back
-            self.inner.put(name, data)
-
-        future = self._pool.submit(upload)
+            before = [f for f in self._pending if not f.done()]
+        sent: Future[None] = Future()
         with self._lock:
-            self._pending.add(future)
-        future.add_done_callback(self._note)
+            self._pending.add(sent)
+        sent.add_done_callback(self._note)
+        left = len(before)
+        count = threading.Lock()
+
+        def relay(upload: Future[None]) -> None:
+            exc = upload.exception()
+            if exc is None:
+                sent.set_result(None)
+            else:
+                sent.set_exception(exc)
+
+        def send() -> None:
+            failed = next((e for f in before if (e := f.exception()) is not None), None)
+            if failed is not None:
+                sent.set_exception(failed)  # a pack is lost: the index naming it stays back
+                return
+            try:
+                self._pool.submit(self.inner.put, name, data).add_done_callback(relay)
+            except BaseException as exc:  # the pool is shut down: the upload is abandoned
+                sent.set_exception(exc)
+
+        def one_finished(_f: Future[None]) -> None:
+            nonlocal left
+            with count:
+                left -= 1
+                if left:
+                    return
+            send()
+
+        if not before:
+            send()
+        for f in before:
+            f.add_done_callback(one_finished)
 
     def _buffer(self, size: int) -> bytearray:
         """A free upload buffer of at least ``size`` bytes (a new one when none fits)."""
