@@ -7,6 +7,9 @@ there (``O_CREAT | O_EXCL``, ``symlink``, ``mkdir``), and an existing entry is
 only ever replaced by renaming a temporary one over it. So a damaged or forged
 recovery point, or a symlink swapped in while the restore runs, can never make
 it write outside the target.
+
+Hard links, symbolic links, devices and FIFOs are made in
+:mod:`kluis.engine.restore_entries`.
 """
 
 from __future__ import annotations
@@ -14,29 +17,24 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from kluis.catalog import KluisError, Severity
-from kluis.engine.metadata import apply_metadata, apply_metadata_fd, has_default_acl
+from kluis.engine.metadata import apply_metadata_fd, has_default_acl
 from kluis.engine.progress import Progress, ProgressCallback, Throttle
 from kluis.engine.repository import Repository
+from kluis.engine.restore_entries import DIR_FLAGS, FileBatch, SpecialEntries, copy_names
 from kluis.engine.restore_io import SegmentReader
 from kluis.engine.restore_select import Selection
 from kluis.engine.trees import (
-    BLOCKDEV,
-    CHARDEV,
     DIR,
-    FIFO,
     FILE,
-    HARDLINK,
-    SYMLINK,
     Node,
     decode_tree,
     os_name,
@@ -44,7 +42,6 @@ from kluis.engine.trees import (
 from kluis.engine.tuning import tune_allocator
 
 CONFLICT_MODES = ("overwrite", "skip", "copy")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # A worker gets up to this many files (or bytes) of one directory at a time.
 _BATCH_FILES = 32
@@ -89,17 +86,7 @@ def safe_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\x00" not in name
 
 
-class _Batch:
-    """Files of one directory handed to a worker together (fewer futures and descriptor copies)."""
-
-    __slots__ = ("bytes", "items")
-
-    def __init__(self) -> None:
-        self.items: list[tuple[bytes, str, Node]] = []
-        self.bytes = 0
-
-
-class Restorer:
+class Restorer(SpecialEntries):
     """One restore of one recovery point.
 
     The main thread walks the listings, creates directories and hands batches of
@@ -229,7 +216,7 @@ class Restorer:
         nodes = self._load_tree(tree_id, rel)
         if nodes is None:
             return
-        batch = _Batch()
+        batch = FileBatch()
         for node in nodes:
             if self._should_stop():
                 raise KluisError("OperationCancelled", operation="restore")
@@ -256,10 +243,10 @@ class Restorer:
                 if node.nlink:
                     # Later hard links to this file wait for its batch: send it now.
                     self._links[child_rel] = (comps, self._submit(dir_fd, batch, acl))
-                    batch = _Batch()
+                    batch = FileBatch()
                 elif len(batch.items) >= _BATCH_FILES or batch.bytes >= _BATCH_BYTES:
                     self._submit(dir_fd, batch, acl)
-                    batch = _Batch()
+                    batch = FileBatch()
             else:
                 # Links, devices and FIFOs are made here; files waiting in the batch do not
                 # matter to them (a hard link's first name was sent off on its own).
@@ -268,7 +255,7 @@ class Restorer:
         if batch.items:
             self._submit(dir_fd, batch, acl)
 
-    def _submit(self, dir_fd: int, batch: _Batch, acl: bool) -> Future[None]:
+    def _submit(self, dir_fd: int, batch: FileBatch, acl: bool) -> Future[None]:
         while len(self._futures) >= self._max_in_flight:
             self._futures.popleft().result()
         fd = os.dup(dir_fd)
@@ -321,7 +308,7 @@ class Restorer:
             self._fail_file(rel, exc.strerror or str(exc))
             return None, name, False
         try:
-            return os.open(name, _DIR_FLAGS, dir_fd=dir_fd), final, fresh
+            return os.open(name, DIR_FLAGS, dir_fd=dir_fd), final, fresh
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                 self._fail_file(rel, exc.strerror or str(exc))
@@ -341,7 +328,7 @@ class Restorer:
                 return None, name, False
         try:
             os.mkdir(final, 0o700, dir_fd=dir_fd)
-            return os.open(final, _DIR_FLAGS, dir_fd=dir_fd), final, True
+            return os.open(final, DIR_FLAGS, dir_fd=dir_fd), final, True
         except OSError as exc:
             self._warn(
                 KluisError("RestoreUnsafePath", path=rel, reason=exc.strerror or str(exc), target=self.target)
@@ -358,7 +345,7 @@ class Restorer:
 
     def _free_name(self, dir_fd: int, name: bytes) -> bytes:
         """``name.restored``, ``name.restored-2``, ... whichever is free (keep-both mode)."""
-        for candidate in _copy_names(name):
+        for candidate in copy_names(name):
             if not self._exists(dir_fd, candidate):
                 return candidate
         raise AssertionError("unreachable")
@@ -390,7 +377,7 @@ class Restorer:
                 fd: int | None = None
                 if parent is not None:
                     try:
-                        fd = os.open(comps[-1], _DIR_FLAGS, dir_fd=parent)
+                        fd = os.open(comps[-1], DIR_FLAGS, dir_fd=parent)
                     except OSError:
                         fd = None  # replaced meanwhile: leave it alone
                 rel = "/".join(os.fsdecode(c) for c in comps)
@@ -433,7 +420,7 @@ class Restorer:
                 self._skip()
                 return None
             if mode == "copy":
-                for candidate in _copy_names(name):
+                for candidate in copy_names(name):
                     try:
                         return os.open(candidate, _NEW_FILE, 0o600, dir_fd=dir_fd), candidate, None
                     except FileExistsError:
@@ -526,125 +513,3 @@ class Restorer:
         elif node.content and isinstance(node.content[-1], int):
             os.ftruncate(fd, node.size)  # a trailing hole needs the size set explicitly
         return pos
-
-    # -- links, devices, FIFOs ------------------------------------------------------------
-
-    def _restore_special(
-        self, dir_fd: int, comps: list[bytes], name: bytes, rel: str, node: Node, acl: bool
-    ) -> None:
-        if node.type == HARDLINK:
-            linked = self._link(dir_fd, name, node, rel)
-            if linked is None:
-                return  # skipped
-            if linked:
-                with self._lock:
-                    self.progress.files += 1
-                return
-            # The first name is not part of this restore: write the content as a file of its own.
-            batch = _Batch()
-            batch.items.append((name, rel, node))
-            self._submit(dir_fd, batch, acl)
-            return
-
-        def make(at: bytes) -> None:
-            if node.type == SYMLINK:
-                os.symlink(os_name(node.target or ""), at, dir_fd=dir_fd)
-            elif node.type == FIFO:
-                os.mkfifo(at, 0o600, dir_fd=dir_fd)
-            elif node.type in (CHARDEV, BLOCKDEV):
-                kind = stat.S_IFCHR if node.type == CHARDEV else stat.S_IFBLK
-                os.mknod(at, 0o600 | kind, node.rdev or 0, dir_fd=dir_fd)
-
-        try:
-            final = self._make_at(dir_fd, name, make)
-        except OSError as exc:
-            self._fail_file(rel, exc.strerror or str(exc))
-            return
-        if final is None:
-            return
-        problems = apply_metadata(final, node, dir_fd, owner=self.owner)
-        if problems:
-            self._fail_file(rel, "metadata: " + "; ".join(problems))
-        with self._lock:
-            self.progress.files += 1
-
-    def _make_at(self, dir_fd: int, name: bytes, make: Callable[[bytes], None]) -> bytes | None:
-        """Create an entry with ``make`` under ``name``, by conflict mode; the name used, None if skipped.
-
-        ``make`` must fail with FileExistsError rather than replace or follow anything.
-        An overwrite creates a temporary name and renames it over the old entry.
-        """
-        try:
-            make(name)
-            return name
-        except FileExistsError:
-            pass
-        mode = self.options.conflict
-        if mode == "skip":
-            self._skip()
-            return None
-        if mode == "copy":
-            for candidate in _copy_names(name):
-                try:
-                    make(candidate)
-                    return candidate
-                except FileExistsError:
-                    continue
-        tmp = self._tmp_name()
-        make(tmp)
-        try:
-            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except OSError:
-            try:
-                os.unlink(tmp, dir_fd=dir_fd)
-            except OSError:
-                pass
-            raise
-        return name
-
-    def _link(self, dir_fd: int, name: bytes, node: Node, rel: str) -> bool | None:
-        """Re-create a hard link to a file restored earlier in this run.
-
-        True when linked, False when the content must be written instead, None when skipped.
-        """
-        first = self._links.get(node.target or "")
-        if first is None:
-            return False
-        comps, written = first
-        written.result()  # the first name must exist before it can be linked to
-        first_name = self._final.get(node.target or "")
-        if first_name is None:
-            return False
-        src_fd = self._open_path(comps)
-        if src_fd is None:
-            return False
-
-        def make(at: bytes) -> None:
-            os.link(first_name, at, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-
-        try:
-            return True if self._make_at(dir_fd, name, make) is not None else None
-        except OSError:
-            return False
-        finally:
-            os.close(src_fd)
-
-    def _open_path(self, comps: list[bytes]) -> int | None:
-        """Open a directory below the target one component at a time, never following links."""
-        fd = os.dup(self._root_fd)
-        for comp in comps:
-            try:
-                nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
-            except OSError:
-                os.close(fd)
-                return None
-            os.close(fd)
-            fd = nfd
-        return fd
-
-
-def _copy_names(name: bytes) -> Iterator[bytes]:
-    """Names for keep-both mode: ``name.restored``, ``name.restored-2``, ..."""
-    yield name + b".restored"
-    for n in itertools.count(2):
-        yield name + b".restored-%d" % n
