@@ -149,6 +149,65 @@ def test_one_file_system(tmp_path: Path) -> None:
         subprocess.run(["umount", str(src / "mnt")], check=True)
 
 
+def test_a_source_inside_another_is_backed_up_once(tmp_path: Path) -> None:
+    src = make_source(tmp_path)
+    repo = new_repo(tmp_path / "repo")
+    # The inner path first, a file inside too, and a sibling that only shares a prefix.
+    twin = tmp_path / "src-twin"
+    twin.mkdir()
+    (twin / "t").write_text("twin")
+    result = FileBackup(repo).run([src / "docs" / "deep", src, src / "docs" / "a.txt", twin])
+    assert result.status == "completed", result.first_warnings
+    alone = FileBackup(new_repo(tmp_path / "repo2")).run([src, twin])
+    assert (result.files, result.dirs, result.bytes) == (alone.files, alone.dirs, alone.bytes)
+    out = tmp_path / "out"
+    Restorer(reopen(repo), result.point_id, out).run()
+    assert snapshot_tree(out / str(src).lstrip("/")) == snapshot_tree(src)
+    assert (out / str(twin).lstrip("/") / "t").read_text() == "twin"
+
+
+def test_a_source_the_outer_walk_cannot_reach_is_refused(tmp_path: Path) -> None:
+    src = make_source(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "inner").mkdir(parents=True)
+    (src / "link").symlink_to(elsewhere)
+    (src / "docs" / ".nobackup").write_text("")
+    repo = new_repo(tmp_path / "repo")
+    cases = [
+        ([src, src / "link" / "inner"], FileBackup(repo), "symbolic link"),
+        ([src, src / "docs" / "deep"], FileBackup(repo, options=BackupOptions(excludes=["docs"])), "pattern"),
+        (
+            [src, src / "docs" / "a.txt"],
+            FileBackup(repo, options=BackupOptions(exclude_if_present=[".nobackup"])),
+            "marker",
+        ),
+    ]
+    for paths, backup, why in cases:
+        with pytest.raises(KluisError) as info:
+            backup.run(paths)
+        assert info.value.code == "BackupSourcesOverlap"
+        assert why in str(info.value) and str(src) in str(info.value)
+    assert not list(repo.store.list("points/"))
+
+
+def test_a_source_on_another_file_system_inside_one_file_system_backup_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "mnt").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(src / "mnt")], check=True)
+    try:
+        (src / "mnt" / "sub").mkdir()
+        repo = new_repo(tmp_path / "repo")
+        with pytest.raises(KluisError) as info:
+            FileBackup(repo, options=BackupOptions(one_file_system=True)).run([src, src / "mnt" / "sub"])
+        assert info.value.code == "BackupSourcesOverlap"
+        assert "another file system" in str(info.value)
+        # Without --one-file-system the outer walk reaches it: backed up once, no error.
+        result = FileBackup(repo).run([src, src / "mnt" / "sub"])
+        assert result.status == "completed"
+    finally:
+        subprocess.run(["umount", str(src / "mnt")], check=True)
+
+
 def test_several_sources_and_single_files(tmp_path: Path) -> None:
     src = make_source(tmp_path)
     other = tmp_path / "other.txt"

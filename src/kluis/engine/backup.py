@@ -45,7 +45,7 @@ from kluis.engine.backup_folders import (
     hex_content,
     split_ids,
 )
-from kluis.engine.backup_options import BackupOptions, BackupResult, ExclusionRules
+from kluis.engine.backup_options import BackupOptions, BackupResult, ExclusionRules, drop_covered_sources
 from kluis.engine.backup_read import Batch, Cancelled, FileOutcome, FileReader, Pending, file_error
 from kluis.engine.checksum_store import ChecksumStore, DirRow, FileRow, decode_content, decode_xattrs
 from kluis.engine.failed_files import FailedFilesLog
@@ -333,6 +333,9 @@ class FileBackup(FolderFinishing):
         for src in sources:
             if not os.path.lexists(src):
                 raise KluisError("BackupSourceMissing", path=src, reason="no such file or directory")
+        sources = drop_covered_sources(
+            sources, self.rules, self.options.exclude_if_present, self.options.one_file_system
+        )
         stored_before = sum(w.bytes_written for w in self.repo._writers)
         self._pool = ThreadPoolExecutor(self.options.threads, thread_name_prefix="kluis-backup")
         # Listings are compressed, encrypted and packed by one thread of their own, so the

@@ -210,6 +210,23 @@ ENTRIES = [
         area="backup",
     ),
     CatalogEntry(
+        code="BackupSourcesOverlap",
+        title="Backup paths overlap",
+        message=(
+            "{path} lies inside {outer}, which is backed up as well, but the backup of {outer} "
+            "does not reach it: {reason}."
+        ),
+        causes=(
+            "A path below another protected path is reached through a symbolic link, is on "
+            "another file system while --one-file-system is set, or is left out by an exclusion.",
+        ),
+        actions=(
+            "Protect the real location of the inner path (the target of the link) instead.",
+            "Or protect it as an item of its own, or drop the exclusion or --one-file-system that hides it.",
+        ),
+        area="backup",
+    ),
+    CatalogEntry(
         code="DiskSourceUnreadable",
         title="Disk cannot be read",
         message="Cannot read disk {path}: {reason}.",
