@@ -136,3 +136,22 @@ def test_recovery_point_that_is_not_there(tmp_path: Path, passfile: Path) -> Non
         Restorer(reopen(repo), point, target).run()
     assert gone.value.code == "RecoveryPointNotFound"
     assert gone.value.params == {"point": point}
+
+
+def test_passphrase_file_that_cannot_be_read(tmp_path: Path, passfile: Path) -> None:
+    repo_dir = tmp_path / "repo"
+    new_repo(repo_dir)
+    src = tmp_path / "src"
+    src.mkdir()
+    binary = tmp_path / "binary-passphrase"
+    binary.write_bytes(b"\xff\xfe\x00not text")
+    for bad in (tmp_path / "no-such-file", tmp_path, binary):
+        for argv in (
+            ["repo", "backup", str(src), "--repo", str(repo_dir), "--passphrase-file", str(bad), "--json"],
+            ["repo", "points", "--repo", str(repo_dir), "--passphrase-file", str(bad), "--json"],
+        ):
+            result = kluis(*argv)
+            error = _json_error(result, "ValidationFailed")
+            assert str(bad) in str(error["message"]), error
+            assert "Traceback" not in result.stderr
+    assert not (repo_dir / "points").exists() or not list((repo_dir / "points").iterdir())

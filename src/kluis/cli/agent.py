@@ -19,6 +19,7 @@ from rich.table import Table
 
 from kluis.catalog import KluisError
 from kluis.cli.output import console, out, print_json, run_command
+from kluis.cli.passphrase import read_passphrase_file
 
 app = typer.Typer(help="The agent on this machine: register, run, status.", no_args_is_help=True)
 config_app = typer.Typer(help="Show or change the agent's configuration.", no_args_is_help=True)
@@ -48,12 +49,7 @@ PASSPHRASE_WARNING = (
 def _read_passphrase(path: Path | None, *, confirm: bool, what: str = "Passphrase") -> str:
     """From a file, ``KLUIS_PASSPHRASE``, or asked (twice when ``confirm``) on a terminal."""
     if path is not None:
-        try:
-            return path.read_text().rstrip("\n")
-        except OSError as exc:
-            raise KluisError(
-                "ValidationFailed", reason=f"the passphrase file {path} cannot be read ({exc.strerror})"
-            ) from None
+        return read_passphrase_file(path)
     env = os.environ.get("KLUIS_PASSPHRASE")
     if env:
         return env

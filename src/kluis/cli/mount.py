@@ -30,6 +30,7 @@ from kluis.catalog import KluisError
 from kluis.cli.client import VaultClient, agent_settings, connect, tls_verify
 from kluis.cli.common import JsonOpt, TokenOpt, VaultOpt
 from kluis.cli.output import out, print_json, run_command
+from kluis.cli.passphrase import read_passphrase_file
 
 app = typer.Typer()
 
@@ -55,7 +56,7 @@ def _cache_root() -> Path:
 
 def _passphrase(path: Path | None) -> str:
     if path is not None:
-        return path.read_text().rstrip("\n")
+        return read_passphrase_file(path)
     env = os.environ.get("KLUIS_PASSPHRASE")
     if env:
         return env

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from kluis.catalog import KluisError
 from kluis.cli.output import human_bytes, out, print_json, progress_bar, run_command
+from kluis.cli.passphrase import read_passphrase_file
 from kluis.engine.backup import BackupOptions, FileBackup
 from kluis.engine.checksum_store import ChecksumStore
 from kluis.engine.repository import Repository
@@ -35,7 +36,7 @@ ScratchOpt = Annotated[Path | None, typer.Option("--scratch", help="Scratch fold
 
 def _passphrase(path: Path | None, *, confirm: bool = False) -> str:
     if path is not None:
-        return path.read_text().rstrip("\n")
+        return read_passphrase_file(path)
     env = os.environ.get("KLUIS_PASSPHRASE")
     if env:
         return env
@@ -234,7 +235,7 @@ def passwd(
     def body() -> None:
         r = _open(repo, passphrase_file)
         if new_passphrase_file is not None:
-            new = new_passphrase_file.read_text().rstrip("\n")
+            new = read_passphrase_file(new_passphrase_file)
         else:
             new = str(typer.prompt("New passphrase", hide_input=True, confirmation_prompt=True))
         if len(new) < 16:
