@@ -236,6 +236,25 @@ def test_selected_paths_and_globs(tmp_path: Path) -> None:
     assert not (out / rel / "docs" / "deep").exists()
 
 
+def test_a_path_to_restore_that_matches_nothing_is_a_warning(tmp_path: Path) -> None:
+    src = make_source(tmp_path)
+    repo = new_repo(tmp_path / "repo")
+    point = FileBackup(repo).run([src]).point_id
+    rel = str(src).lstrip("/")
+    out = tmp_path / "out"
+    wanted = [f"/{rel}/docs", f"/{rel}/docs/deep", f"{rel}/docs/*.txt", f"/{rel}/dcos", "**/*.nothing"]
+    result = Restorer(reopen(repo), point, out, options=RestoreOptions(include=wanted)).run()
+    # Patterns inside a folder already taken whole are not reported; the typo and the glob are.
+    assert result.status == "completed_with_warnings"
+    assert [(w["code"], w["params"]["path"]) for w in result.warnings] == [
+        ("RestorePathNotInPoint", f"/{rel}/dcos"),
+        ("RestorePathNotInPoint", "**/*.nothing"),
+    ]
+    assert (out / rel / "docs" / "a.txt").exists()
+    whole = Restorer(reopen(repo), point, tmp_path / "out2").run()
+    assert whole.status == "completed" and not whole.warnings
+
+
 @pytest.mark.parametrize("mode", ["overwrite", "skip", "copy"])
 def test_conflict_modes(tmp_path: Path, mode: str) -> None:
     src = tmp_path / "src"

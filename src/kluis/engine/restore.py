@@ -172,6 +172,8 @@ class Restorer(SpecialEntries):
                 self._futures.popleft().result()
             self._pool.shutdown(wait=True)
             self._apply_dir_metadata()
+            for pattern in self.select.unmatched():
+                self._warn(KluisError("RestorePathNotInPoint", path=pattern, point=self.point_id))
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._reader.close()
@@ -217,6 +219,7 @@ class Restorer(SpecialEntries):
         if nodes is None:
             return
         batch = FileBatch()
+        watch = everything and self.select.pending  # a pattern may still meet something in here
         for node in nodes:
             if self._should_stop():
                 raise KluisError("OperationCancelled", operation="restore")
@@ -231,7 +234,12 @@ class Restorer(SpecialEntries):
                     )
                 )
                 continue
-            decision = "all" if everything else self.select.decide(child_rel, node.type == DIR)
+            if everything:
+                decision = "all"
+                if watch:
+                    self.select.observe(child_rel, node.type == DIR)
+            else:
+                decision = self.select.decide(child_rel, node.type == DIR)
             if decision == "none":
                 continue
             name = os_name(node.name)

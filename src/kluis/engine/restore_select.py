@@ -28,10 +28,18 @@ def _could_lead_to(parts: Sequence[str], pattern: Sequence[str]) -> bool:
 
 
 class Selection:
-    """Include patterns: paths or globs relative to the point's root (``*`` stays in one component)."""
+    """Include patterns: paths or globs relative to the point's root (``*`` stays in one component).
+
+    It also remembers which patterns met something, so that a restore can say which of
+    them named nothing in the point (a mistyped path would otherwise restore nothing,
+    quietly).
+    """
 
     def __init__(self, patterns: Sequence[str]) -> None:
-        self.patterns = [p.strip("/").split("/") for p in patterns if p.strip("/")]
+        given = [p for p in patterns if p.strip("/")]
+        self.given = given
+        self.patterns = [p.strip("/").split("/") for p in given]
+        self._met = [False] * len(self.patterns)
 
     def decide(self, rel: str, is_dir: bool) -> str:
         """'all' (this and everything below), 'partial' (look inside) or 'none'."""
@@ -39,7 +47,25 @@ class Selection:
             return "all"
         parts = rel.split("/") if rel else []
         if any(_match_parts(parts, p) for p in self.patterns):
+            self.observe(rel, is_dir)
             return "all"
         if is_dir and any(_could_lead_to(parts, p) for p in self.patterns):
             return "partial"
         return "none"
+
+    @property
+    def pending(self) -> bool:
+        """Whether some pattern has matched nothing yet."""
+        return not all(self._met)
+
+    def observe(self, rel: str, is_dir: bool) -> None:
+        """Note an entry that is restored as part of a folder taken whole (``decide`` is not
+        asked for those): a pattern that matches it has met something."""
+        parts = rel.split("/") if rel else []
+        for i, p in enumerate(self.patterns):
+            if not self._met[i] and _match_parts(parts, p):
+                self._met[i] = True
+
+    def unmatched(self) -> list[str]:
+        """The patterns, as given, that matched nothing so far."""
+        return [given for given, met in zip(self.given, self._met, strict=True) if not met]

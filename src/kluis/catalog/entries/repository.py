@@ -187,6 +187,23 @@ ENTRIES = [
         area="restore",
     ),
     CatalogEntry(
+        code="RestorePathNotInPoint",
+        title="A path to restore is not in the recovery point",
+        message="Nothing in recovery point {point} matches {path}, so nothing was restored for it.",
+        causes=(
+            "The path is mistyped, or it is given relative to the wrong folder: paths to restore "
+            "start at the root of the backed-up machine (for example /home/ann/notes).",
+            "The file did not exist yet, or was excluded, when this recovery point was made.",
+        ),
+        actions=(
+            "List what the point holds (`kluis mount`, or `kluis points list` for the items' paths) "
+            "and restore again with the path as it appears there.",
+            "Pick an older or newer recovery point that holds the file.",
+        ),
+        severity=Severity.WARNING,
+        area="restore",
+    ),
+    CatalogEntry(
         code="RestoreFileFailed",
         title="A file could not be restored",
         message="Could not restore {path}: {reason}.",
