@@ -33,7 +33,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TypeVar
 
@@ -280,6 +280,11 @@ class ResilientStore(Store):
         self.inner.close()
 
 
+def _failure(future: Future[None]) -> BaseException | None:
+    """The error a finished future ended with (a cancelled one counts as failed)."""
+    return CancelledError() if future.cancelled() else future.exception()
+
+
 class UploadPipeline(Store):
     """Packs (``data/``) are uploaded by background threads; every other call waits for them.
 
@@ -377,7 +382,8 @@ class UploadPipeline(Store):
         """
         self._raise_failed()
         with self._lock:
-            before = [f for f in self._pending if not f.done()]
+            # Finished ones too: a failure may not be noted yet when its future is already done.
+            before = list(self._pending)
         sent: Future[None] = Future()
         with self._lock:
             self._pending.add(sent)
@@ -393,7 +399,7 @@ class UploadPipeline(Store):
                 sent.set_exception(exc)
 
         def send() -> None:
-            failed = next((e for f in before if (e := f.exception()) is not None), None)
+            failed = next((e for f in before if (e := _failure(f)) is not None), None)
             if failed is not None:
                 sent.set_exception(failed)  # a pack is lost: the index naming it stays back
                 return
