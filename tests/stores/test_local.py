@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from kluis.catalog import KluisError
 from kluis.stores import LocalStore, open_store
 
 
@@ -28,3 +31,13 @@ def test_open_store_paths(tmp_path: Path) -> None:
     assert isinstance(s, LocalStore)
     s.put("x", b"1")
     assert (tmp_path / "t" / "x").read_bytes() == b"1"
+
+
+def test_a_store_that_cannot_be_a_directory_is_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    for root, why in ((blocker, "in the way"), (blocker / "below", "Not a directory")):
+        with pytest.raises(KluisError) as info:
+            open_store(str(root))
+        assert info.value.code == "StoreUnavailable" and why in str(info.value)
+    assert blocker.read_text() == "not a directory"

@@ -27,7 +27,12 @@ class LocalStore(Store):
         self.root = Path(root).absolute()
         self.url = f"file://{self.root}"
         if create:
-            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a file in the way, no permission, a read-only file system
+                in_the_way = isinstance(exc, FileExistsError)
+                reason = "a file, not a directory, is in the way" if in_the_way else exc.strerror
+                raise KluisError("StoreUnavailable", store=self.url, reason=reason) from None
         elif not self.root.is_dir():
             raise KluisError("StoreUnavailable", store=self.url, reason="directory does not exist")
 
