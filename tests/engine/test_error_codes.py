@@ -155,3 +155,26 @@ def test_passphrase_file_that_cannot_be_read(tmp_path: Path, passfile: Path) -> 
             assert str(bad) in str(error["message"]), error
             assert "Traceback" not in result.stderr
     assert not (repo_dir / "points").exists() or not list((repo_dir / "points").iterdir())
+
+
+def test_empty_source_path_and_unusable_scratch_folder(tmp_path: Path, passfile: Path) -> None:
+    repo_dir = tmp_path / "repo"
+    new_repo(repo_dir)
+    src = tmp_path / "src"
+    src.mkdir()
+    base = ["--repo", str(repo_dir), "--passphrase-file", str(passfile), "--json"]
+    # "" would be the current folder: an unset variable must not back that up.
+    empty = kluis("repo", "backup", "", *base, cwd=src)
+    params = _json_error(empty, "BackupSourceMissing")["params"]
+    assert isinstance(params, dict) and params["path"] == '""'
+    with pytest.raises(KluisError) as info:
+        FileBackup(reopen(new_repo(tmp_path / "repo2"))).run([str(src), ""])
+    assert info.value.code == "BackupSourceMissing"
+    # A scratch folder that cannot be created is named, before anything is read or stored.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for scratch, why in ((blocker, "in the way"), (blocker / "below", "Not a directory")):
+        result = kluis("repo", "backup", str(src), *base, "--scratch", str(scratch))
+        error = _json_error(result, "ScratchFolderInvalid")
+        assert why in str(error["message"]) and "Traceback" not in result.stderr
+    assert not (repo_dir / "points").exists() or not list((repo_dir / "points").iterdir())

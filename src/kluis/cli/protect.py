@@ -25,6 +25,9 @@ def absolute_paths(paths: list[str], *, local: bool) -> list[str]:
     """Paths as the agent needs them: absolute (relative ones only make sense on this machine)."""
     result = []
     for p in paths:
+        if not p:
+            # abspath("") is the current folder: an unset shell variable would protect it.
+            raise KluisError("ValidationFailed", reason="an empty path names nothing to protect")
         if os.path.isabs(p):
             result.append(os.path.normpath(p))
         elif local:

@@ -44,18 +44,27 @@ def _passphrase(path: Path | None, *, confirm: bool = False) -> str:
 
 
 def _scratch(repo: Repository, scratch: Path | None) -> Path:
-    base = (
-        scratch
-        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kluis" / repo.config["id"]
-    )
-    base.mkdir(parents=True, exist_ok=True)
-    return base
+    """The scratch folder (created if needed): ``--scratch``, else one per repository."""
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return _usable_folder(scratch or cache_home / "kluis" / repo.config["id"])
+
+
+def _usable_folder(path: Path) -> Path:
+    """``path``, created if needed; ScratchFolderInvalid when it cannot be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = "a file is in the way" if isinstance(exc, FileExistsError) else exc.strerror
+        raise KluisError("ScratchFolderInvalid", path=str(path), reason=reason) from None
+    return path
 
 
 def _open(url: str, passfile: Path | None, scratch: Path | None = None) -> Repository:
     store = open_store(url)
     config = Repository.read_config(store)
     cache = scratch or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kluis" / config["id"]
+    if scratch is not None:
+        _usable_folder(scratch)  # checked before the passphrase is asked for
     return Repository.open(store, passphrase=_passphrase(passfile), cache_dir=cache)
 
 
@@ -81,7 +90,7 @@ def init(repo: RepoOpt, passphrase_file: PassFileOpt = None, json_out: JsonOpt =
 
 @app.command("backup")
 def backup(
-    paths: Annotated[list[Path], typer.Argument(help="Files and folders to back up.")],
+    paths: Annotated[list[str], typer.Argument(help="Files and folders to back up.")],
     repo: RepoOpt,
     passphrase_file: PassFileOpt = None,
     scratch: ScratchOpt = None,
@@ -115,7 +124,7 @@ def backup(
                 progress=update,
                 failed_log=folder / "failed-files.log",
                 estimate_bytes=int(last) if last else None,
-            ).run([str(p) for p in paths])
+            ).run(paths)
         cache.close()
         if json_out:
             print_json(result.as_dict())

@@ -329,6 +329,9 @@ class FileBackup(FolderFinishing):
         """Back up ``paths`` (files or directories) into one recovery point."""
         tune_allocator("backup")
         started = time.monotonic()
+        if any(not os.fspath(p) for p in paths):
+            # An empty name would mean the current folder: most likely an unset variable.
+            raise KluisError("BackupSourceMissing", path='""', reason="an empty path names nothing")
         sources = sorted({os.path.abspath(os.fspath(p)) for p in paths})
         for src in sources:
             if not os.path.lexists(src):
