@@ -231,6 +231,8 @@ def test_names_and_errors(world: World) -> None:
     assert unknown.rc == 4 and unknown.error["code"] == "ResourceNotFound"
     missing = world.run("protect", "files", str(world.root / "nope"), "--policy", "x", "--json")
     assert missing.error["code"] == "BackupSourceMissing"
+    empty = world.run("protect", "files", "", "--policy", _policy(world), "--json")  # an unset variable
+    assert empty.error["code"] == "ValidationFailed" and "empty path" in empty.error["message"]
     bad_token = world.run("items", "list", KLUIS_TOKEN="kluis_u_not-a-token")
     assert bad_token.rc == 3 and "AuthTokenInvalid" in bad_token.stderr
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from kluis.catalog import KluisError
@@ -420,6 +420,11 @@ def test_random_repositories_keep_live_data_and_shed_dead_data(spec: dict[str, o
         for blob_i, pack_i in extra:
             if ids[blob_i] not in members[pack_i]:
                 members[pack_i].append(ids[blob_i])
+        # This model's packs are plain bytes, so two packs of the same blobs in the same order
+        # would be one object with two ages. A backup's packs never coincide like that (each
+        # blob is encrypted with a fresh nonce), so such specs are not repositories.
+        filled = [tuple(m) for m in members if m]
+        assume(len(set(filled)) == len(filled))
         young_packs = set()
         for i, blobs in enumerate(members):
             if blobs:
