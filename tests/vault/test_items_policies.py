@@ -138,6 +138,25 @@ def test_item_validation(vault: VaultServer) -> None:
     assert dup.status_code == 409 and dup.json()["code"] == "ResourceExists"
 
 
+def test_list_filters_refuse_values_that_do_not_exist(vault: VaultServer) -> None:
+    # A mistyped state or status would match nothing and look like an empty list.
+    agent = Agent(vault).registered()
+    vault.item(agent.machine_id, vault.policy()["id"], name="filtered")
+    for path, params, good in (
+        ("/api/v1/items", {"state": "protected"}, {"state": "Protected"}),
+        ("/api/v1/jobs", {"status": "Done"}, {"status": "Completed"}),
+        ("/api/v1/jobs", {"type": "backup"}, {"type": "ConfigureBackup"}),
+        ("/api/v1/points", {"state": "Gone"}, {"state": "Expired"}),
+        ("/api/v1/alerts", {"status": "Open"}, {"status": "Active"}),
+    ):
+        bad = vault.request("GET", path, params=params)
+        assert bad.status_code == 422 and bad.json()["code"] == "ValidationFailed", (path, bad.text)
+        assert next(iter(params.values())) in bad.json()["message"]
+        assert isinstance(vault.ok("GET", path, params=good), list)
+    assert [i["name"] for i in vault.ok("GET", "/api/v1/items", params={"state": "Protected"})] == ["filtered"]
+    assert vault.ok("GET", "/api/v1/points", params={"state": ""}) == []  # empty: every state
+
+
 def test_protection_lifecycle(vault: VaultServer) -> None:
     agent = Agent(vault).registered()
     policy = vault.policy()

@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session
 from kluis.catalog import KluisError
 from kluis.vault.db.models import RecoveryPoint
 
+POINT_STATES = ("Available", "Expired")  # Expired: past retention, its data waits for GC
+
 
 def point_dict(point: RecoveryPoint) -> dict[str, Any]:
     """The API shape of a recovery point."""

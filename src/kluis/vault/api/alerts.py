@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 
 from kluis.vault import alerts
-from kluis.vault.api.deps import READER, get_ctx, require
+from kluis.vault.api.deps import READER, get_ctx, one_of, require
 from kluis.vault.auth import Principal, Role
 from kluis.vault.context import VaultContext
 
@@ -22,7 +22,7 @@ def list_alerts(
 ) -> list[dict[str, Any]]:
     """Alerts, newest first."""
     with ctx.db.read() as s:
-        return alerts.list_alerts(s, status)
+        return alerts.list_alerts(s, one_of("status", status, ("Active", "Resolved")))
 
 
 @router.post("/alerts/{alert_id}/resolve", summary="Mark an alert resolved")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from kluis.catalog import KluisError
 from kluis.vault.auth import Principal, Role, authenticate
 from kluis.vault.context import VaultContext
 
@@ -80,3 +81,15 @@ def any_machine(action: str) -> Callable[..., Awaitable[Principal]]:
 
 
 READER = require(Role.READER, "read vault data")
+
+
+def one_of(field: str, value: str | None, allowed: Sequence[str]) -> str | None:
+    """``value`` when it is None or one of ``allowed``; else ValidationFailed naming the choices.
+
+    For list filters: a mistyped state or status would otherwise match nothing and look like
+    an empty list.
+    """
+    if value is not None and value not in allowed:
+        choices = ", ".join(allowed)
+        raise KluisError("ValidationFailed", reason=f"{field} must be one of {choices}, not {value!r}")
+    return value

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from kluis.catalog import KluisError
 from kluis.vault import items, jobs, points
-from kluis.vault.api.deps import READER, get_ctx, require
+from kluis.vault.api.deps import READER, get_ctx, one_of, require
 from kluis.vault.auth import Principal, Role
 from kluis.vault.context import VaultContext
 
@@ -81,7 +81,7 @@ def list_items(
 ) -> list[dict[str, Any]]:
     """Items, optionally of one machine or in one state."""
     with ctx.db.read() as s:
-        return items.list_items(s, machine_id=machine_id, state=state)
+        return items.list_items(s, machine_id=machine_id, state=one_of("state", state, items.STATES))
 
 
 @router.post("", status_code=201, summary="Enable protection")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from kluis.vault import jobs, maintenance
-from kluis.vault.api.deps import READER, any_machine, get_ctx, require
+from kluis.vault.api.deps import READER, any_machine, get_ctx, one_of, require
 from kluis.vault.auth import Principal, Role
 from kluis.vault.context import VaultContext
 
@@ -73,8 +73,8 @@ def list_jobs(
     with ctx.db.read() as s:
         return jobs.list_jobs(
             s,
-            status=status,
-            job_type=type,
+            status=one_of("status", status, jobs.STATUSES),
+            job_type=one_of("type", type, jobs.JOB_TYPES),
             item_id=item_id,
             machine_id=machine_id,
             limit=limit,

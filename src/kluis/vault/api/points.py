@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 
 from kluis.vault import points
-from kluis.vault.api.deps import READER, get_ctx
+from kluis.vault.api.deps import READER, get_ctx, one_of
 from kluis.vault.auth import Principal
 from kluis.vault.context import VaultContext
 
@@ -25,7 +25,8 @@ def list_points(
 ) -> list[dict[str, Any]]:
     """Recovery points, newest first."""
     with ctx.db.read() as s:
-        return points.list_points(s, item_id=item_id, machine_id=machine_id, state=state or None, limit=limit)
+        wanted = one_of("state", state or None, points.POINT_STATES)
+        return points.list_points(s, item_id=item_id, machine_id=machine_id, state=wanted, limit=limit)
 
 
 @router.get("/points/{point_id}", summary="Show a recovery point")
