@@ -129,6 +129,13 @@ def test_backup_restore_round_trip(world: World) -> None:
     world.ok("restore", point["id"], str(src / victim), "--conflict", "skip", "--wait")
     assert (src / victim).read_bytes() == b"changed"
     assert len([p for p in (src / victim).parent.iterdir() if p.name.startswith(Path(victim).name)]) == 2
+    # A path that is not in the point: the job completes with a warning that names it as typed.
+    typo = str(src / "no-such-file")
+    elsewhere = str(world.root / "r-typo")
+    missed = world.ok("restore", point["id"], typo, "--target", elsewhere, "--wait", "--json")
+    assert missed.json["status"] == "CompletedWithWarnings"
+    shown = world.ok("jobs", "show", missed.json["id"]).stdout
+    assert "1 warnings" in shown and "RestorePathNotInPoint" in shown and typo in shown.replace("\n", "")
 
 
 def test_backup_progress_output_and_exit_codes(world: World) -> None:

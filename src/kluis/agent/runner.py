@@ -426,7 +426,8 @@ class Job:
             else:
                 repo = open_source(cfg, source, store, layout.cache(source))
             self.reporter.set_phase(RESTORE_PHASE)
-            include = [str(p).strip("/") for p in self.params.get("paths") or [] if str(p).strip("/")]
+            # As given (Selection reads them from the root): warnings then name them as typed.
+            include = [str(p) for p in self.params.get("paths") or [] if str(p).strip("/")]
             restorer = Restorer(
                 repo,
                 point_id,

@@ -187,7 +187,10 @@ def print_job(job: dict[str, Any], client: VaultClient | None = None) -> None:
         out.print(f"  [red]cancel failed[/]: {job['cancel_error'].get('message', '')}")
     if job["status"] == "CompletedWithWarnings" or job.get("warnings"):
         summary = warning_summary(job)
-        out.print(f"  [yellow]{summary['skipped']} files skipped[/]")
+        if job.get("type") == "Backup":
+            out.print(f"  [yellow]{summary['skipped']} files skipped[/]")
+        else:  # a restore's warnings are files it could not write, or paths not in the point
+            out.print(f"  [yellow]{len(summary['entries'])} warnings[/]")
         if summary["failed_files_log"]:
             out.print(f"  failed-files log: {summary['failed_files_log']}")
         for w in summary["entries"][:SHOW_WARNINGS]:
