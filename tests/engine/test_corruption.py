@@ -177,3 +177,7 @@ def test_read_data_subset(tmp_path: Path) -> None:
     assert half.ok and abs(half.packs_read - packs / 2) <= 1
     full = verify(reopen(repo), read_data=True)
     assert full.ok and full.packs_read == packs and full.blobs_read >= 41
+    for wrong in (0.0, -5.0, 100.5, float("nan")):
+        with pytest.raises(KluisError) as info:
+            verify(reopen(repo), subset_percent=wrong)
+        assert info.value.code == "ValidationFailed"

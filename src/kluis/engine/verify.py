@@ -65,6 +65,11 @@ class Verifier:
         progress: ProgressCallback | None = None,
         seed: int | None = None,
     ) -> None:
+        if subset_percent is not None and not 0 < subset_percent <= 100:  # NaN fails this too
+            raise KluisError(
+                "ValidationFailed",
+                reason=f"the subset to read must be above 0 and at most 100 (per cent), not {subset_percent}",
+            )
         self.repo = repo
         self.read_data = read_data or subset_percent is not None
         self.subset = subset_percent
