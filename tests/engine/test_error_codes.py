@@ -178,3 +178,20 @@ def test_empty_source_path_and_unusable_scratch_folder(tmp_path: Path, passfile:
         error = _json_error(result, "ScratchFolderInvalid")
         assert why in str(error["message"]) and "Traceback" not in result.stderr
     assert not (repo_dir / "points").exists() or not list((repo_dir / "points").iterdir())
+
+
+def test_thread_counts_below_their_minimum_are_usage_errors(tmp_path: Path, passfile: Path) -> None:
+    repo_dir = tmp_path / "repo"
+    new_repo(repo_dir)
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1024 * 1024))
+    base = ["--repo", str(repo_dir), "--passphrase-file", str(passfile)]
+    for argv in (
+        ["repo", "backup", str(tmp_path), *base, "--threads", "-3"],
+        ["repo", "backup-disk", str(image), *base, "--threads", "0"],
+        ["repo", "restore-disk", "latest", str(tmp_path / "out.img"), *base, "--threads", "0"],
+    ):
+        result = kluis(*argv)
+        assert result.rc == 2 and "--threads" in result.stderr, (argv, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not (repo_dir / "points").exists() or not list((repo_dir / "points").iterdir())

@@ -99,7 +99,7 @@ def backup(
         list[str] | None, typer.Option("--exclude-if-present", help="Skip folders containing this file.")
     ] = None,
     one_file_system: Annotated[bool, typer.Option("--one-file-system", "-x")] = False,
-    threads: Annotated[int, typer.Option(help="Worker threads (default: cores, at most 4).")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="Worker threads (default: cores, at most 4).")] = 0,
     json_out: JsonOpt = False,
 ) -> None:
     """Back up files and folders into a new recovery point."""
@@ -268,7 +268,7 @@ def backup_disk(
     full: Annotated[
         bool, typer.Option("--full", help="Read every block; do not compare with the last disk point.")
     ] = False,
-    threads: Annotated[int, typer.Option(help="Worker threads.")] = 2,
+    threads: Annotated[int, typer.Option(min=1, help="Worker threads.")] = 2,
     json_out: JsonOpt = False,
 ) -> None:
     """Back up a disk (fixed-size blocks; only blocks changed since the last disk point are stored)."""
@@ -311,7 +311,7 @@ def restore_disk(
     disk: Annotated[
         str | None, typer.Option("--disk", help="Which disk of the point (needed when it has several).")
     ] = None,
-    threads: Annotated[int, typer.Option(help="Worker threads.")] = 2,
+    threads: Annotated[int, typer.Option(min=1, help="Worker threads.")] = 2,
     json_out: JsonOpt = False,
 ) -> None:
     """Write one disk of a disk recovery point to an image file or a block device."""
