@@ -165,3 +165,24 @@ def test_serve_without_a_vault_explains(tmp_path: Path) -> None:
     result = kluis("vault", "serve", "--data", str(tmp_path / "nothing"), check=False)
     assert result.returncode == 2
     assert "VaultConfigInvalid" in result.stderr and "kluis vault init" in result.stderr
+
+
+def test_serve_on_a_port_in_use_says_so_before_starting(initialised: dict[str, Any]) -> None:
+    import socket
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    busy = holder.getsockname()[1]
+    try:
+        started = time.monotonic()
+        result = kluis(
+            "vault", "serve", "--data", str(initialised["data"]), "--listen", f"127.0.0.1:{busy}", check=False
+        )
+        assert result.returncode == 7, result.stderr
+        assert "VaultListenFailed" in result.stderr and f"127.0.0.1:{busy}" in result.stderr
+        # Refused before the app starts: no database migration, no scheduler in the log.
+        assert "Application startup" not in result.stderr and "Traceback" not in result.stderr
+        assert time.monotonic() - started < 30
+    finally:
+        holder.close()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 
 import uvicorn
 
+from kluis.catalog import KluisError
 from kluis.vault.app import create_app
 from kluis.vault.config import VaultConfig
 
@@ -35,20 +37,47 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(5_000, 10, 100)
 
 
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The vault's listening socket, bound; VaultListenFailed when the address cannot be had.
+
+    Bound here rather than by uvicorn, which logs a bare OSError and exits after the app
+    (database, scheduler) has already started.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise KluisError("VaultListenFailed", listen=f"{host}:{port}", reason=reason) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(config: VaultConfig, *, log_level: str = "info") -> None:
     """Serve the vault until interrupted (SIGINT/SIGTERM stop it cleanly)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = split_listen(config.listen)
-    app = create_app(config)
-    settle_garbage_collector()
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        ssl_certfile=config.tls_cert,
-        ssl_keyfile=config.tls_key,
-        log_level=log_level,
-        access_log=False,
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
-    )
+    listener = bind_listener(host, port)
+    try:
+        app = create_app(config)
+        settle_garbage_collector()
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                ssl_certfile=config.tls_cert,
+                ssl_keyfile=config.tls_key,
+                log_level=log_level,
+                access_log=False,
+                proxy_headers=False,
+                timeout_graceful_shutdown=10,
+            )
+        )
+        logging.getLogger("kluis.vault").info("listening on %s:%d", host, listener.getsockname()[1])
+        server.run(sockets=[listener])
+    finally:
+        listener.close()

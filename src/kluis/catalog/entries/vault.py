@@ -217,6 +217,22 @@ ENTRIES = [
         area="vault",
     ),
     CatalogEntry(
+        code="VaultListenFailed",
+        title="Vault cannot listen on its address",
+        message="The vault cannot listen on {listen}: {reason}.",
+        causes=(
+            "Another process (often another vault) already listens on that port.",
+            "The address is not one of this machine's, or a port below 1024 needs root.",
+        ),
+        actions=(
+            "See which process holds the port (`ss -ltnp 'sport = :PORT'`) and stop it, or choose"
+            " another address with `--listen HOST:PORT` or `listen` in vault.toml.",
+            "Use an address of this machine (`0.0.0.0` for all of them).",
+        ),
+        exit_code=7,
+        area="vault",
+    ),
+    CatalogEntry(
         code="VaultDatabaseUnavailable",
         title="Vault database not reachable",
         message="The vault database {url} cannot be used: {reason}.",
