@@ -186,3 +186,20 @@ def test_serve_on_a_port_in_use_says_so_before_starting(initialised: dict[str, A
         assert time.monotonic() - started < 30
     finally:
         holder.close()
+
+
+def test_serve_with_unloadable_tls_files_explains(initialised: dict[str, Any], tmp_path: Path) -> None:
+    garbage = tmp_path / "not-a-certificate.pem"
+    garbage.write_text("this is not PEM\n")
+    for cert, key, why in (
+        (tmp_path / "missing.pem", tmp_path / "missing.key", "No such file"),
+        (garbage, garbage, "cannot be loaded"),
+    ):
+        result = kluis(
+            "vault", "serve", "--data", str(initialised["data"]), "--listen", "127.0.0.1:0",
+            "--tls-cert", str(cert), "--tls-key", str(key), check=False,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        flat = result.stderr.replace("\n", "")  # the terminal width folds long paths
+        assert "VaultConfigInvalid" in flat and str(cert) in flat and why in flat
+        assert "Traceback" not in result.stderr

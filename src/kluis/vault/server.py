@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import socket
+import ssl
 
 import uvicorn
 
@@ -56,10 +57,25 @@ def bind_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_tls(config: VaultConfig) -> None:
+    """Load the certificate and key once before serving; VaultConfigInvalid naming the file
+    when either is missing or not PEM (uvicorn would stop with a traceback)."""
+    if not config.tls_cert or not config.tls_key:  # the configuration has both or neither
+        return
+    where = str(config.path or "configuration")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        reason = f"the TLS certificate {config.tls_cert} or key {config.tls_key} cannot be loaded ({why})"
+        raise KluisError("VaultConfigInvalid", path=where, reason=reason) from None
+
+
 def serve(config: VaultConfig, *, log_level: str = "info") -> None:
     """Serve the vault until interrupted (SIGINT/SIGTERM stop it cleanly)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = split_listen(config.listen)
+    check_tls(config)
     listener = bind_listener(host, port)
     try:
         app = create_app(config)
