@@ -30,8 +30,8 @@ from kluis.engine.format import (
     point_name,
     refs_name,
 )
+from kluis.vault import agent_jobs, jobs, machines, maintenance, policies
 from kluis.vault import items as items_service
-from kluis.vault import jobs, machines, maintenance, policies
 from kluis.vault.app import open_context
 from kluis.vault.auth import Principal, Role
 from kluis.vault.config import new_config
@@ -104,7 +104,8 @@ def test_backups_racing_gc_never_lose_referenced_data(ctx: VaultContext) -> None
                         )
                         now = utcnow()
                         sweeping = bool(gc and gc.sweeping and gc.lease_until and gc.lease_until > now)
-                        if any(j["id"] == job_id for j in jobs.claim(s, machine_id, now, sweeping)["jobs"]):
+                        handed = agent_jobs.claim(s, machine_id, now, sweeping)["jobs"]
+                        if any(j["id"] == job_id for j in handed):
                             break
                     time.sleep(0.005)
                 # Deduplicate against what the vault says it holds, as the agent does.
@@ -131,7 +132,7 @@ def test_backups_racing_gc_never_lose_referenced_data(ctx: VaultContext) -> None
                     job=job_id,
                 )
                 with ctx.db.write() as s:
-                    jobs.report_result(
+                    agent_jobs.report_result(
                         s, machine_id, job_id, status="Completed", error=None, warnings=[], stats={}
                     )
                 points.append(point_id)

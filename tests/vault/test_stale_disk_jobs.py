@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from kluis.vault import items, jobs, machines, policies
+from kluis.vault import agent_jobs, items, machines, policies
 from kluis.vault.app import open_context
 from kluis.vault.auth import Principal, Role
 from kluis.vault.config import new_config
@@ -78,7 +78,7 @@ def test_silent_in_snapshot_phase_is_a_snapshot_status_error(ctx: VaultContext) 
     # The agent claims all three: the claim puts them in the first phase, "Take snapshot",
     # and a disk job's descriptor carries the policy's instant recovery point days.
     with ctx.db.write() as s:
-        handed = jobs.claim(s, machine_id, now + dt.timedelta(seconds=1), sweeping=False)["jobs"]
+        handed = agent_jobs.claim(s, machine_id, now + dt.timedelta(seconds=1), sweeping=False)["jobs"]
     by_item = {d["item"]["id"]: d for d in handed}
     assert set(by_item) == {snapping, sending, files}
     assert by_item[snapping]["params"]["instant_days"] == 3

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from kluis.vault import jobs, maintenance
+from kluis.vault import agent_jobs, jobs, maintenance
 from kluis.vault.api.deps import READER, any_machine, get_ctx, one_of, require
 from kluis.vault.auth import Principal, Role
 from kluis.vault.context import VaultContext
@@ -115,7 +115,7 @@ def progress(
     """Records progress; ``cancel: true`` tells the agent to stop."""
     assert p.machine_id is not None
     with ctx.db.write() as s:
-        return jobs.report_progress(s, p.machine_id, job_id, body.model_dump(exclude_none=True))
+        return agent_jobs.report_progress(s, p.machine_id, job_id, body.model_dump(exclude_none=True))
 
 
 @router.post("/jobs/{job_id}/result", summary="Agent: report how the job ended")
@@ -128,7 +128,7 @@ def result(
     """The finished job; a failed backup or restore may raise an alert."""
     assert p.machine_id is not None
     with ctx.db.write() as s:
-        job = jobs.report_result(
+        job = agent_jobs.report_result(
             s,
             p.machine_id,
             job_id,

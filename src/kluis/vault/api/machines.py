@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from kluis.vault import jobs, machines
+from kluis.vault import agent_jobs, machines
 from kluis.vault.api.deps import (
     READER,
     bearer,
@@ -206,12 +206,12 @@ def _claim(ctx: VaultContext, machine_id: str, token: str | None = None) -> dict
             # most of an agent's requests, and each hop to a worker thread costs more than
             # the queries (benchmarks/RESULTS-vault.md).
             authenticate(s, token).require_machine(machine_id, "take work")
-        if not jobs.has_work(s, machine_id, now):
+        if not agent_jobs.has_work(s, machine_id, now):
             return None
     with ctx.db.write() as s:
         gc = s.scalar(select(GcState).where(GcState.machine_id == machine_id).with_for_update())
         sweeping = bool(gc and gc.sweeping and gc.lease_until and gc.lease_until > now)
-        work = jobs.claim(s, machine_id, now, sweeping)
+        work = agent_jobs.claim(s, machine_id, now, sweeping)
     return work if work["jobs"] or work["cancel"] else None
 
 
@@ -255,7 +255,7 @@ async def work(
 
 def _machines_with_work(ctx: VaultContext, machine_ids: list[str]) -> set[str]:
     with ctx.db.read() as s:
-        return jobs.machines_with_work(s, machine_ids, utcnow())
+        return agent_jobs.machines_with_work(s, machine_ids, utcnow())
 
 
 async def watch_database(ctx: VaultContext) -> None:
