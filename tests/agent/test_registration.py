@@ -393,6 +393,12 @@ def test_config_set_and_show(creds: Path, tmp_path: Path) -> None:
     assert a.cli("config", "set", "work_days", "mon,wed").rc == 0
     bad = a.cli("config", "set", "work_start", "25:00")
     assert bad.rc == 2 and "work_start" in bad.stdout + bad.stderr
+    # A proxy the agent could not talk to is refused here, not at the next connection.
+    for proxy in ("not a url", "socks5://proxy:1080", "http://proxy:99999", "http://:3128"):
+        refused = a.cli("config", "set", "proxy", proxy)
+        assert refused.rc == 2 and "agent.proxy" in refused.stdout + refused.stderr, proxy
+    assert a.cli("config", "set", "proxy", "http://user:pw@proxy.example:3128").rc == 0
+    assert a.cli("config", "set", "proxy", "").rc == 0
     moved_to = tmp_path / "new-scratch"
     assert a.cli("config", "set", "scratch", str(moved_to)).rc == 0
     shown = a.cli("config", "show", "--json").json

@@ -42,6 +42,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import tomli_w
 
@@ -277,6 +278,8 @@ class AgentConfig:
             raise _invalid(where, "agent.poll_wait must be between 0 and 60 seconds")
         if cfg.heartbeat_interval is not None and cfg.heartbeat_interval <= 0:
             raise _invalid(where, "agent.heartbeat_interval must be positive")
+        if cfg.proxy is not None and not _proxy_url_ok(cfg.proxy):
+            raise _invalid(where, "agent.proxy must be a URL like http://[USER:PASSWORD@]HOST:PORT")
         return cfg
 
     def replace(self, **changes: Any) -> AgentConfig:
@@ -287,6 +290,16 @@ class AgentConfig:
 
 
 _MODELLED_SECTIONS = frozenset({"vault", "machine", "agent", "bandwidth"})
+
+
+def _proxy_url_ok(url: str) -> bool:
+    """Whether ``url`` names an HTTP proxy the agent can talk to (scheme, host, a valid port)."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _invalid(where: str, reason: str) -> KluisError:
