@@ -293,7 +293,7 @@ def test_vault_outage_is_ridden_out(fleet: Fleet) -> None:
     time.sleep(2.5)
     vault.start()
     done = vault.wait_job(job["id"], timeout=90)
-    assert done["status"] == "Completed", done
+    assert done["status"] == "Completed", (done.get("error"), done.get("warnings"), done.get("progress"))
     stats = done["result"]["stats"]
     assert stats["network_retries"] >= 1
     # Bandwidth: the limit holds (the stored bytes took at least their share of seconds).
