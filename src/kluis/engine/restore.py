@@ -237,7 +237,7 @@ class Restorer(SpecialEntries):
             if everything:
                 decision = "all"
                 if watch:
-                    self.select.observe(child_rel, node.type == DIR)
+                    self.select.observe(child_rel)
             else:
                 decision = self.select.decide(child_rel, node.type == DIR)
             if decision == "none":

@@ -46,8 +46,10 @@ class Selection:
         if not self.patterns:
             return "all"
         parts = rel.split("/") if rel else []
-        if any(_match_parts(parts, p) for p in self.patterns):
-            self.observe(rel, is_dir)
+        hits = [i for i, p in enumerate(self.patterns) if _match_parts(parts, p)]
+        if hits:
+            for i in hits:
+                self._met[i] = True
             return "all"
         if is_dir and any(_could_lead_to(parts, p) for p in self.patterns):
             return "partial"
@@ -58,7 +60,7 @@ class Selection:
         """Whether some pattern has matched nothing yet."""
         return not all(self._met)
 
-    def observe(self, rel: str, is_dir: bool) -> None:
+    def observe(self, rel: str) -> None:
         """Note an entry that is restored as part of a folder taken whole (``decide`` is not
         asked for those): a pattern that matches it has met something."""
         parts = rel.split("/") if rel else []
