@@ -43,10 +43,14 @@ def _passphrase(path: Path | None, *, confirm: bool = False) -> str:
     return str(typer.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm))
 
 
+def _scratch_path(scratch: Path | None, repo_id: str) -> Path:
+    """``--scratch``, else the repository's own folder under ``$XDG_CACHE_HOME/kluis``."""
+    return scratch or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kluis" / repo_id
+
+
 def _scratch(repo: Repository, scratch: Path | None) -> Path:
-    """The scratch folder (created if needed): ``--scratch``, else one per repository."""
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return _usable_folder(scratch or cache_home / "kluis" / repo.config["id"])
+    """The scratch folder, created if needed."""
+    return _usable_folder(_scratch_path(scratch, repo.config["id"]))
 
 
 def _usable_folder(path: Path) -> Path:
@@ -62,7 +66,7 @@ def _usable_folder(path: Path) -> Path:
 def _open(url: str, passfile: Path | None, scratch: Path | None = None) -> Repository:
     store = open_store(url)
     config = Repository.read_config(store)
-    cache = scratch or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kluis" / config["id"]
+    cache = _scratch_path(scratch, config["id"])
     if scratch is not None:
         _usable_folder(scratch)  # checked before the passphrase is asked for
     return Repository.open(store, passphrase=_passphrase(passfile), cache_dir=cache)
