@@ -15,10 +15,12 @@ from kluis.engine.chunker import MAX_SIZE, iter_chunks, make_chunker
 from kluis.engine.format import (
     BlobType,
     IndexEntry,
+    check_pack_trailer,
     decode_index,
     decode_pack_trailer,
     decode_refs,
     encode_index,
+    encode_pack_trailer,
     encode_refs,
 )
 from kluis.engine.keys import MasterKeys
@@ -127,6 +129,8 @@ def test_pack_roundtrip(tmp_path_factory: pytest.TempPathFactory, blobs: list[by
     packs = {o.name: store.get(o.name) for o in store.list("data/")}
     assert writer.packs_written == len(packs)
     for name, data in packs.items():
+        # The vault's cheaper check agrees with the full parse.
+        assert check_pack_trailer(name, data, len(data)) == len(decode_pack_trailer(name, data, len(data)))
         for e in decode_pack_trailer(name, data, len(data)):
             raw = data[e.offset : e.offset + e.length]
             assert codec.decode(e.id, e.type, e.flags, raw, e.raw_length) == by_id[e.id]
@@ -142,9 +146,36 @@ def test_pack_roundtrip(tmp_path_factory: pytest.TempPathFactory, blobs: list[by
 
 
 def test_pack_trailer_damage_is_a_catalog_error() -> None:
-    with pytest.raises(KluisError) as info:
-        decode_pack_trailer("p", b"x" * 100, 100)
-    assert info.value.code == "RepoPackCorrupt"
+    for parse in (decode_pack_trailer, check_pack_trailer):
+        with pytest.raises(KluisError) as info:
+            parse("p", b"x" * 100, 100)
+        assert info.value.code == "RepoPackCorrupt"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 5000), min_size=1, max_size=30),
+    extra=st.integers(-3, 3),
+    flip=st.integers(0, 10_000),
+)
+def test_pack_trailer_checks_agree(lengths: list[int], extra: int, flip: int) -> None:
+    """Both parsers accept and refuse the same trailers: sizes that do not add up, a bit flipped."""
+    trailer = encode_pack_trailer((bytes([i]) * 32, 0, 0, n, n) for i, n in enumerate(lengths))
+    size = sum(lengths) + len(trailer) + extra
+    damaged = bytearray(trailer)
+    if flip < len(damaged) * 8 and flip % 3 == 0:
+        damaged[flip // 8] ^= 1 << (flip % 8)
+    outcomes = []
+    for parse in (decode_pack_trailer, check_pack_trailer):
+        try:
+            got = parse("p", bytes(damaged), size)
+            outcomes.append(len(got) if isinstance(got, list) else got)
+        except KluisError as exc:
+            assert exc.code == "RepoPackCorrupt"
+            outcomes.append(None)
+    assert outcomes[0] == outcomes[1]
+    if extra == 0 and damaged == trailer:
+        assert outcomes[0] == len(lengths)
 
 
 @given(ids=st.lists(st.binary(min_size=32, max_size=32), max_size=200))

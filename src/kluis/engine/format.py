@@ -56,6 +56,8 @@ REFS_MAGIC = b"KLREFS01"
 POINT_MAGIC = b"KLPOINT1"
 
 _TABLE_ENTRY = struct.Struct("<32sBBxxII")
+# Only the stored length of a table entry: what a check of the table needs, without the rest.
+_TABLE_LENGTH = struct.Struct("<36xI4x")
 _FOOTER = struct.Struct("<II8s")
 _INDEX_ENTRY = struct.Struct("<32s32sBBIII")
 TABLE_ENTRY_SIZE = _TABLE_ENTRY.size
@@ -146,11 +148,8 @@ def encode_pack_trailer(entries: Iterable[tuple[bytes, int, int, int, int]]) -> 
     return table + _FOOTER.pack(count, zlib.crc32(table), PACK_MAGIC)
 
 
-def decode_pack_trailer(pack_name_: str, tail: bytes, pack_size: int) -> list[PackEntry]:
-    """Parse a pack's table from its last bytes (at least the whole table and footer).
-
-    Raises RepoPackCorrupt for anything that does not add up.
-    """
+def _pack_table(pack_name_: str, tail: bytes, pack_size: int) -> bytes:
+    """The table of a pack's trailer, its footer and checksum checked; RepoPackCorrupt if not."""
     if len(tail) < FOOTER_SIZE or pack_size < FOOTER_SIZE:
         raise KluisError("RepoPackCorrupt", pack=pack_name_, reason="too short for a pack footer")
     count, crc, magic = _FOOTER.unpack_from(tail, len(tail) - FOOTER_SIZE)
@@ -163,14 +162,39 @@ def decode_pack_trailer(pack_name_: str, tail: bytes, pack_size: int) -> list[Pa
     table = bytes(tail[start : start + table_size])
     if zlib.crc32(table) != crc:
         raise KluisError("RepoPackCorrupt", pack=pack_name_, reason="table checksum mismatch")
+    return table
+
+
+def _check_lengths(pack_name_: str, blob_bytes: int, table: bytes, pack_size: int) -> None:
+    if blob_bytes + len(table) + FOOTER_SIZE != pack_size:
+        raise KluisError("RepoPackCorrupt", pack=pack_name_, reason="blob lengths do not add up to the size")
+
+
+def decode_pack_trailer(pack_name_: str, tail: bytes, pack_size: int) -> list[PackEntry]:
+    """Parse a pack's table from its last bytes (at least the whole table and footer).
+
+    Raises RepoPackCorrupt for anything that does not add up.
+    """
+    table = _pack_table(pack_name_, tail, pack_size)
     entries: list[PackEntry] = []
     offset = 0
     for blob_id, btype, flags, length, raw_length in _TABLE_ENTRY.iter_unpack(table):
         entries.append(PackEntry(blob_id, btype, flags, offset, length, raw_length))
         offset += length
-    if offset + table_size + FOOTER_SIZE != pack_size:
-        raise KluisError("RepoPackCorrupt", pack=pack_name_, reason="blob lengths do not add up to the size")
+    _check_lengths(pack_name_, offset, table, pack_size)
     return entries
+
+
+def check_pack_trailer(pack_name_: str, tail: bytes, pack_size: int) -> int:
+    """The number of blobs in a pack, after the checks :func:`decode_pack_trailer` makes.
+
+    For the vault, which checks every uploaded pack but needs none of its entries:
+    building one object per blob cost about 9 ms of its CPU for a pack of small files.
+    """
+    table = _pack_table(pack_name_, tail, pack_size)
+    blob_bytes = sum(length for (length,) in _TABLE_LENGTH.iter_unpack(table))
+    _check_lengths(pack_name_, blob_bytes, table, pack_size)
+    return len(table) // TABLE_ENTRY_SIZE
 
 
 def pack_trailer_size(count: int) -> int:
