@@ -28,8 +28,8 @@ from starlette.concurrency import run_in_threadpool
 
 from kluis.catalog import KluisError
 from kluis.vault import repo
-from kluis.vault.api.deps import get_ctx, get_principal, machine_self
-from kluis.vault.auth import Principal
+from kluis.vault.api.deps import bearer_token, get_ctx, get_principal, machine_self
+from kluis.vault.auth import Principal, authenticate
 from kluis.vault.context import VaultContext
 
 router = APIRouter(prefix="/machines/{machine_id}/repo", tags=["repository"])
@@ -88,6 +88,10 @@ def _service(ctx: VaultContext) -> repo.RepoService:
 
 
 def _reader(machine_id: str, ctx: VaultContext, principal: Principal) -> None:
+    if principal.is_machine and principal.machine_id == machine_id:
+        # A machine reading its own repository: authenticating its token already found it
+        # registered and not removed. This skips a second database session on every pack read.
+        return
     with ctx.db.read() as s:
         repo.machine_exists(s, machine_id)
         repo.can_read(s, principal, machine_id)
@@ -144,12 +148,12 @@ async def get_object(
     name: str,
     request: Request,
     ctx: VaultContext = Depends(get_ctx),
-    principal: Principal = Depends(get_principal),
+    token: str | None = Depends(bearer_token),
 ) -> Response:
     """The object's bytes, streamed; 206 for a range, 416 when it starts past the end."""
     service = _service(ctx)
     status, start, end, headers, first = await run_in_threadpool(
-        _open_read, service, machine_id, name, request.headers.get("range"), ctx, principal
+        _open_read, service, machine_id, name, request.headers.get("range"), ctx, token
     )
     if status == 416:
         return Response(status_code=416, headers=headers)
@@ -178,10 +182,13 @@ def _open_read(
     name: str,
     range_header: str | None,
     ctx: VaultContext,
-    principal: Principal,
+    token: str | None,
 ) -> tuple[int, int, int, dict[str, str], bytes | None]:
-    """Checks, size and range of a read, in one worker-thread hop; the bytes too when they fit
-    one window. Returns (status, start, end inclusive, headers, bytes or None)."""
+    """The caller's token, checks, size and range of a read, in one worker-thread hop; the
+    bytes too when they fit one window. Returns (status, start, end inclusive, headers, bytes
+    or None)."""
+    with ctx.db.read() as s:
+        principal = authenticate(s, token)
     _reader(machine_id, ctx, principal)
     size = service.stat(machine_id, name).size
     wanted = _parse_range(range_header, size)
