@@ -61,10 +61,14 @@ FINAL = ("Completed", "CompletedWithWarnings", "Failed", "Cancelled")
 PY_SPY = REPO / ".venv" / "bin" / "py-spy"
 # The nice value of the measured processes (direct command, vault server, agent daemon alike).
 NICE = {"value": 0}
+# The vault server's own nice value, when an experiment sets it apart (None: as NICE).
+VAULT_NICE: dict[str, int | None] = {"value": None}
 # How long a step waits for the machine to go quiet (seconds); shorter on a machine that never does.
 QUIET = {"max_wait": 90.0}
 # With --idle: profiles keep samples of waiting threads (where a pipeline stalls).
 PROFILE_IDLE = {"on": False}
+# With --native: profiles include C frames (where the CPU outside Python goes: TLS, hashing, zstd).
+PROFILE_NATIVE = {"on": False}
 
 
 def _sync() -> None:
@@ -107,6 +111,8 @@ class Spy:
         argv = [str(PY_SPY), "record", "--pid", str(pid), "--format", "raw", "--nolineno", "--rate", "50"]
         if PROFILE_IDLE["on"]:
             argv.append("--idle")  # waiting threads too: where the job's threads block
+        if PROFILE_NATIVE["on"]:
+            argv.append("--native")
         self.proc = subprocess.Popen(
             [*argv, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -214,7 +220,8 @@ class ViaVault:
         self.base.mkdir(parents=True)
         self.server.init({"server.tmp_dir": str(self.base / "vault-tmp")})
         (self.base / "vault-tmp").mkdir()
-        self.server.start(log_level="warning", nice=NICE["value"])
+        vault_nice = VAULT_NICE["value"]
+        self.server.start(log_level="warning", nice=NICE["value"] if vault_nice is None else vault_nice)
         self.http = httpx.Client(
             base_url=self.server.url + API,
             headers={"Authorization": f"Bearer {self.server.token}"},
@@ -439,9 +446,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="py-spy the agent and the vault (last run)")
     parser.add_argument("--idle", action="store_true", help="with --profile: keep waiting threads' samples")
+    parser.add_argument("--native", action="store_true", help="with --profile: include C frames")
     parser.add_argument("--results", type=Path, default=OUT / "results.json")
     parser.add_argument(
         "--nice", type=int, default=-15, help="nice value of every measured process (as run.py)"
+    )
+    parser.add_argument(
+        "--vault-nice",
+        type=int,
+        default=None,
+        help="nice value of the vault server alone (an experiment: how much its CPU costs the agent)",
     )
     parser.add_argument(
         "--quiet-wait",
@@ -452,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     QUIET["max_wait"] = args.quiet_wait
     PROFILE_IDLE["on"] = args.idle
+    PROFILE_NATIVE["on"] = args.native
     NICE["value"] = args.nice if os.geteuid() == 0 else max(0, args.nice)
+    VAULT_NICE["value"] = args.vault_nice
     corpus = BENCH_DATA / "corpus-quick" if args.quick else args.corpus
     if not corpus.is_dir():
         parser.error(f"{corpus} does not exist (benchmarks/run.py makes it)")
@@ -464,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"corpus {corpus}: {info.count} files, {info.bytes / 1e9:.2f} GB")
     results: dict[str, Any] = {
         "nice": NICE["value"],
+        "vault_nice": VAULT_NICE["value"],
         "corpus": {"path": str(corpus), "files": info.count, "bytes": info.bytes},
         "machine": machine(),
         "runs": [],
