@@ -183,6 +183,7 @@ class ResilientStore(Store):
         # knows it); None for a store that only reads (restores).
         self.item = item or getattr(inner, "item_id", None)
         self.url = inner.url
+        self.remote = inner.remote
         self.journal = journal
         self.should_stop = should_stop
         self.outage_limit = outage_limit
@@ -300,6 +301,7 @@ class UploadPipeline(Store):
     def __init__(self, inner: Store, *, threads: int = 2, in_flight: int = 3) -> None:
         self.inner = inner
         self.url = inner.url
+        self.remote = inner.remote
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="kluis-upload")
         self._slots = threading.BoundedSemaphore(max(1, in_flight))
         self._lock = threading.Lock()

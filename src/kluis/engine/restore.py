@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kluis.catalog import KluisError, Severity
@@ -40,6 +40,7 @@ from kluis.engine.trees import (
     os_name,
 )
 from kluis.engine.tuning import tune_allocator
+from kluis.stores import Store
 
 CONFLICT_MODES = ("overwrite", "skip", "copy")
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -55,7 +56,22 @@ class RestoreOptions:
     include: Sequence[str] = ()
     conflict: str = "overwrite"
     owner: bool | None = None  # None: restore owners when running as root
-    threads: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
+    threads: int = 0  # worker threads; 0: as many as restore_threads(store) says
+
+
+def restore_threads(store: Store) -> int:
+    """Worker threads for a restore from ``store``: one per core, at most 4, and one more when
+    the store is remote.
+
+    A worker that needs a pack segment waits for it. From a local disk that wait is short;
+    through a vault or object storage each read is a round trip, and with only one worker
+    per core the cores sit idle meanwhile. On two cores, restores through a vault on loopback
+    took 26.0 to 29.3 s with three workers against 29.2 to 34.4 s with two (alternating
+    runs); from a local repository a third worker made no difference (23.9 to 26.4 s
+    against 23.4 to 25.6 s).
+    """
+    local = max(1, min(4, os.cpu_count() or 1))
+    return local + 1 if store.remote else local
 
 
 @dataclass
@@ -129,6 +145,7 @@ class Restorer(SpecialEntries):
         self._futures: deque[Future[None]] = deque()
         self._tmp_seq = itertools.count()
         self._reader = SegmentReader(repo.store)
+        self.threads = self.options.threads or restore_threads(repo.store)
         self.skipped = 0
         self.dirs = 0
 
@@ -165,7 +182,7 @@ class Restorer(SpecialEntries):
         except OSError as exc:
             raise KluisError("RestoreTargetInvalid", target=self.target, reason=exc.strerror) from None
         self._root_fd = root_fd
-        self._pool = ThreadPoolExecutor(self.options.threads, thread_name_prefix="kluis-restore")
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="kluis-restore")
         try:
             self._restore_tree(root_fd, [], "", root_id, False, False, has_default_acl(root_fd))
             while self._futures:
@@ -279,7 +296,7 @@ class Restorer(SpecialEntries):
     def _max_in_flight(self) -> int:
         # Deep enough that the walk can run ahead through folders of big files and the
         # workers still have work queued when it reaches folders of many tiny ones.
-        return 32 * self.options.threads
+        return 32 * self.threads
 
     # -- directories ----------------------------------------------------------------------
 

@@ -99,6 +99,8 @@ def _error_code(exc: HttpResponseError) -> str:
 class AzureBlobStore(Store):
     """Objects as block blobs ``PREFIX/name`` in one container."""
 
+    remote = True
+
     def __init__(
         self,
         container: str,

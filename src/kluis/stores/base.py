@@ -38,6 +38,9 @@ class Store(abc.ABC):
 
     #: A URL that opens the same store again (without secrets).
     url: str
+    #: Whether every call crosses a network (a round trip each), so that readers gain from
+    #: keeping more reads in flight than the machine has cores. Wrappers pass it on.
+    remote: bool = False
 
     @abc.abstractmethod
     def put(self, name: str, data: bytes | bytearray | memoryview) -> None:

@@ -75,6 +75,8 @@ def _reason(exc: BotoCoreError) -> str:
 class S3Store(Store):
     """Objects as keys ``PREFIX/name`` in one bucket."""
 
+    remote = True
+
     def __init__(
         self,
         bucket: str,

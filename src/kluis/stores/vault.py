@@ -228,6 +228,8 @@ class RawReads:
 class VaultStore(Store):
     """The repository of ``repo_machine_id`` (default: the machine itself) in a vault."""
 
+    remote = True
+
     def __init__(
         self,
         url: str,
