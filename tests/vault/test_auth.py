@@ -47,35 +47,35 @@ def _reason(db: Database, token: str | None) -> str:
     return str(info.value.params["reason"])
 
 
-def test_user_and_machine_tokens_name_their_owner(db: Database) -> None:
+def _owners(db: Database, role: str) -> tuple[str, str, str, str]:
+    """A user with ``role`` and a machine registered twice: (user id, user token, the
+    machine's first token, which the second registration revoked, and its second)."""
     with db.write() as s:
-        user = User(name="ops", role="operator")
-        s.add(user)
-        s.add(Machine(id="m" * 32, hostname="web-1", key_fingerprint="f"))
-        s.flush()
-        user_token = issue_user_token(s, user)
-        machine_token = issue_machine_token(s, "m" * 32)
-        user_id = user.id
-    assert _check(db, user_token) == Principal("user", "ops", role=Role.OPERATOR, user_id=user_id)
-    assert _check(db, machine_token) == Principal("machine", "web-1", machine_id="m" * 32)
-
-
-def test_each_invalid_token_says_why(db: Database) -> None:
-    with db.write() as s:
-        user = User(name="ops", role="admin")
+        user = User(name="ops", role=role)
         s.add(user)
         s.add(Machine(id="m" * 32, hostname="web-1", key_fingerprint="f"))
         s.flush()
         user_token = issue_user_token(s, user)
         first = issue_machine_token(s, "m" * 32)
-        second = issue_machine_token(s, "m" * 32)  # a re-registration revokes the first
+        second = issue_machine_token(s, "m" * 32)
+        return user.id, user_token, first, second
+
+
+def test_user_and_machine_tokens_name_their_owner(db: Database) -> None:
+    user_id, user_token, _first, machine_token = _owners(db, "operator")
+    assert _check(db, user_token) == Principal("user", "ops", role=Role.OPERATOR, user_id=user_id)
+    assert _check(db, machine_token) == Principal("machine", "web-1", machine_id="m" * 32)
+
+
+def test_each_invalid_token_says_why(db: Database) -> None:
+    user_id, user_token, first, second = _owners(db, "admin")
     assert _reason(db, None) == "no bearer token was sent"
     assert _reason(db, "Bearer something") == "this is not a Kluis token"
     assert _reason(db, new_token("machine")) == "the token is unknown"
     assert _reason(db, first) == "the token was revoked"
     assert _check(db, second).machine_id == "m" * 32
     with db.write() as s:
-        s.get(User, user.id).disabled = True  # type: ignore[union-attr]
+        s.get(User, user_id).disabled = True  # type: ignore[union-attr]
         s.get(Machine, "m" * 32).deleted_at = utcnow()  # type: ignore[union-attr]
     assert _reason(db, user_token) == "the user is disabled or removed"
     assert _reason(db, second) == "the machine was removed from the vault"
