@@ -32,16 +32,21 @@ def _token(creds: HTTPAuthorizationCredentials | None) -> str | None:
 
 async def bearer_token(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str | None:
     """The bearer token as sent, not yet checked: for a route that authenticates it inside the
-    worker-thread hop it needs anyway (pack reads), one hop instead of two."""
+    worker-thread hop it needs anyway (pack reads, work polls), one hop instead of two."""
     return _token(creds)
+
+
+def principal_of(ctx: VaultContext, token: str | None) -> Principal:
+    """The caller a token belongs to; AuthTokenInvalid (401) when it is missing or not valid."""
+    with ctx.db.read() as s:
+        return authenticate(s, token)
 
 
 def get_principal(
     creds: HTTPAuthorizationCredentials | None = Depends(bearer), ctx: VaultContext = Depends(get_ctx)
 ) -> Principal:
     """The authenticated caller; AuthTokenInvalid (401) without a valid token."""
-    with ctx.db.read() as s:
-        return authenticate(s, _token(creds))
+    return principal_of(ctx, _token(creds))
 
 
 def optional_principal(
@@ -51,8 +56,7 @@ def optional_principal(
     token = _token(creds)
     if not token:
         return None
-    with ctx.db.read() as s:
-        return authenticate(s, token)
+    return principal_of(ctx, token)
 
 
 def require(needed: Role, action: str) -> Callable[..., Awaitable[Principal]]:

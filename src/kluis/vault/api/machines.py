@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -16,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from kluis.vault import agent_jobs, machines
 from kluis.vault.api.deps import (
     READER,
-    bearer,
+    bearer_token,
     get_ctx,
     get_principal,
     machine_self,
@@ -225,11 +224,11 @@ async def work(
     request: Request,
     wait: float = Query(default=30, ge=0, le=MAX_WAIT, description="Seconds to wait for work"),
     ctx: VaultContext = Depends(get_ctx),
-    creds: HTTPAuthorizationCredentials | None = Depends(bearer),
+    sent: str | None = Depends(bearer_token),
 ) -> dict[str, Any]:
     """Answers at once when there is work, else when work arrives or ``wait`` runs out."""
     deadline = time.monotonic() + wait
-    token: str | None = creds.credentials if creds is not None else ""
+    token: str | None = sent or ""  # "" is checked too: None means "already authenticated"
     event = ctx.notifier.subscribe(machine_id)
     try:
         while True:

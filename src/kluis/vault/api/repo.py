@@ -28,8 +28,8 @@ from starlette.concurrency import run_in_threadpool
 
 from kluis.catalog import KluisError
 from kluis.vault import repo
-from kluis.vault.api.deps import bearer_token, get_ctx, get_principal, machine_self
-from kluis.vault.auth import Principal, authenticate
+from kluis.vault.api.deps import bearer_token, get_ctx, get_principal, machine_self, principal_of
+from kluis.vault.auth import Principal
 from kluis.vault.context import VaultContext
 
 router = APIRouter(prefix="/machines/{machine_id}/repo", tags=["repository"])
@@ -187,9 +187,7 @@ def _open_read(
     """The caller's token, checks, size and range of a read, in one worker-thread hop; the
     bytes too when they fit one window. Returns (status, start, end inclusive, headers, bytes
     or None)."""
-    with ctx.db.read() as s:
-        principal = authenticate(s, token)
-    _reader(machine_id, ctx, principal)
+    _reader(machine_id, ctx, principal_of(ctx, token))
     size = service.stat(machine_id, name).size
     wanted = _parse_range(range_header, size)
     headers = {"Accept-Ranges": "bytes"}
