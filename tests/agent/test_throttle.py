@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from kluis.agent.config import Bandwidth, parse_rate
-from kluis.agent.throttle import RateSchedule, ThrottledTransport, TokenBucket
-from kluis.stores.vault import RawReads
+from kluis.agent.throttle import SLICE, RateSchedule, ThrottledTransport, TokenBucket, paced
+from kluis.stores.vault import RawTransfers
 
 MONDAY = dt.datetime(2026, 11, 23)  # a Monday
 
@@ -111,7 +111,7 @@ def test_bad_rates() -> None:
 def test_raw_reads_respect_the_download_limit(sink: str) -> None:
     """Pack reads over http.client pass the download bucket like httpx's transport does."""
     bucket = TokenBucket(RateSchedule(Bandwidth(work_hours_limit=2_000_000, off_hours_limit=2_000_000)))
-    raw = RawReads(sink, {}, timeout=10, before_body=bucket.consume)
+    raw = RawTransfers(sink, {}, timeout=10, before_body=bucket.consume)
     try:
         started = time.monotonic()
         assert raw.get("/", {}) == bytes(1_000_000)
@@ -121,3 +121,28 @@ def test_raw_reads_respect_the_download_limit(sink: str) -> None:
         assert 0.4 < elapsed < 1.8  # 2 MB at 2 MB/s, the first burst free
     finally:
         raw.close()
+
+
+def test_raw_uploads_respect_the_upload_limit(sink: str) -> None:
+    """Packs sent over http.client are paced by the upload bucket; without a limit they go whole."""
+    bucket = TokenBucket(RateSchedule(Bandwidth(work_hours_limit=2_000_000, off_hours_limit=2_000_000)))
+    pieces: list[int] = []
+
+    def pace(body: memoryview) -> Iterator[bytes | memoryview]:
+        for piece in paced(bucket, body):
+            pieces.append(len(piece))
+            yield piece
+
+    raw = RawTransfers(sink, {}, timeout=10, pace=pace)
+    try:
+        started = time.monotonic()
+        assert raw.put("/", memoryview(bytes(1_000_000)), {})
+        assert raw.put("/", memoryview(bytes(1_000_000)), {})
+        elapsed = time.monotonic() - started
+        assert raw.served == 2 and sum(pieces) == 2_000_000
+        assert max(pieces) == SLICE
+        assert 0.4 < elapsed < 1.8  # 2 MB at 2 MB/s, the first burst free
+    finally:
+        raw.close()
+    free = TokenBucket(RateSchedule(Bandwidth()))
+    assert [len(p) for p in paced(free, memoryview(bytes(3_000_000)))] == [3_000_000]

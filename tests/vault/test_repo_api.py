@@ -7,6 +7,7 @@ through it end to end.
 from __future__ import annotations
 
 import secrets
+import socket
 from collections.abc import Callable
 
 import pytest
@@ -370,13 +371,14 @@ def test_engine_repository_over_the_vault(vault: VaultServer) -> None:
 
 def test_raw_reads_serve_ranges_and_hand_back_errors(vault: VaultServer) -> None:
     """Object reads over http.client give the bytes httpx gives; errors go the usual way."""
-    from kluis.stores.vault import RawReads, VaultStore
+    from kluis.stores.vault import RawTransfers, VaultStore
 
     agent = Agent(vault).registered()
     plain = agent.store()
     seen: list[int] = []
-    raw = RawReads(vault.url, {"Authorization": f"Bearer {agent.token}"}, timeout=10, before_body=seen.append)
-    fast = VaultStore(vault.url, agent.machine_id, agent.token, retries=2, backoff=0.05, raw_reads=raw)
+    auth = {"Authorization": f"Bearer {agent.token}"}
+    raw = RawTransfers(vault.url, auth, timeout=10, before_body=seen.append)
+    fast = VaultStore(vault.url, agent.machine_id, agent.token, retries=2, backoff=0.05, raw=raw)
     try:
         pid, data, _ = make_pack(count=3, size=100_000)
         name = pack_name(pid)
@@ -394,9 +396,50 @@ def test_raw_reads_serve_ranges_and_hand_back_errors(vault: VaultServer) -> None
         # A range past the end: no bytes, as through httpx.
         assert fast.get(name, size + 10, 10) == b"" == plain.get(name, size + 10, 10)
         # A refused token: declined too, and the client's error is the vault's.
-        bad = RawReads(vault.url, {"Authorization": "Bearer kluis_m_wrong"}, timeout=10)
+        bad = RawTransfers(vault.url, {"Authorization": "Bearer kluis_m_wrong"}, timeout=10)
         assert bad.get(fast._object(name), {}) is None and bad.declined == 1
         bad.close()
     finally:
         fast.close()
         plain.close()
+
+
+def test_raw_uploads_store_packs_and_hand_back_refusals(vault: VaultServer) -> None:
+    """Packs sent over http.client land as through httpx; a refused one raises the vault's error."""
+    from kluis.stores.vault import RawTransfers, VaultStore
+
+    agent = Agent(vault).registered()
+    raw = RawTransfers(vault.url, {"Authorization": f"Bearer {agent.token}"}, timeout=10)
+    fast = VaultStore(vault.url, agent.machine_id, agent.token, retries=2, backoff=0.05, raw=raw)
+    try:
+        pid, data, _ = make_pack(count=4, size=200_000)
+        name = pack_name(pid)
+        buf = bytearray(data) + bytearray(b"spare room the engine's buffer has")
+        fast.put(name, memoryview(buf)[: len(data)])  # a view of a larger, reused buffer
+        assert raw.served == 1 and raw.declined == 0
+        assert fast.get(name) == data and fast.stat(name).size == len(data)  # the get is raw too
+        fast.put(name, data)  # a retried upload of a held pack is accepted again
+        assert raw.served == 3
+        # Several packs on one kept-alive connection.
+        for _ in range(3):
+            other, body, _ = make_pack(count=2, size=50_000)
+            fast.put(pack_name(other), body)
+        assert raw.served == 6 and len(raw._all) == 1
+        # A pack whose bytes do not match its name: the raw path declines, and the upload
+        # through httpx raises the vault's catalog error; nothing is stored.
+        wrong = pack_name(secrets.token_bytes(32))
+        with pytest.raises(KluisError) as info:
+            fast.put(wrong, data)
+        assert info.value.code == "RepoUploadChecksumMismatch" and raw.declined == 1
+        with pytest.raises(KluisError) as missing:
+            fast.stat(wrong)
+        assert missing.value.code == "StoreObjectNotFound"
+        # The vault closes the kept-alive connection: the next upload opens a new one
+        # instead of failing part-way and sending the pack twice.
+        conn = raw._local.conn
+        conn.sock.shutdown(socket.SHUT_RD)
+        again, body, _ = make_pack(count=2, size=50_000)
+        fast.put(pack_name(again), body)
+        assert raw.served == 7 and raw.declined == 1 and raw._local.conn is not conn
+    finally:
+        fast.close()

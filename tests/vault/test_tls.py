@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 
 from kluis.agent.net import Endpoint
 from kluis.catalog import KluisError
-from kluis.stores.vault import RawReads, VaultStore
+from kluis.stores.vault import RawTransfers, VaultStore
 from tests.vault.helpers import Agent, VaultServer
 
 
@@ -77,13 +77,13 @@ def test_https_with_pinned_certificate(make_vault: Callable[..., VaultServer], t
         pinned = Endpoint(vault.url, tls_fingerprint=body["tls_fingerprint"], ca_pem=cert.read_text())
         path = f"/api/v1/machines/{agent.machine_id}/repo/objects/config"
         auth = {"Authorization": f"Bearer {agent.token}"}
-        raw = RawReads(
+        raw = RawTransfers(
             vault.url, auth, timeout=10, ssl_context=pinned.ssl_context(), check_peer=pinned.check_pin
         )
         assert raw.get(path, {}) == b'{"version": 1}' and raw.served == 1
         raw.close()
         other = Endpoint(vault.url, tls_fingerprint="sha256:" + "0" * 64, ca_pem=cert.read_text())
-        wrong = RawReads(
+        wrong = RawTransfers(
             vault.url, auth, timeout=10, ssl_context=other.ssl_context(), check_peer=other.check_pin
         )
         assert wrong.get(path, {}) is None and wrong.declined == 1

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ from typing import TypeVar
 from kluis.agent.client import endpoint_of, is_network_error
 from kluis.agent.config import AgentConfig, env_seconds
 from kluis.agent.net import USER_AGENT, Endpoint, is_transfer_timeout, make_client
-from kluis.agent.throttle import TokenBucket
+from kluis.agent.throttle import TokenBucket, paced
 from kluis.catalog import KluisError
 from kluis.engine import chunker as chunker_params
 from kluis.engine.format import (
@@ -56,7 +57,7 @@ from kluis.engine.format import (
 from kluis.engine.index import write_index_file
 from kluis.engine.repository import Repository
 from kluis.stores import ObjectInfo, Store
-from kluis.stores.vault import RawReads, VaultStore
+from kluis.stores.vault import RawTransfers, VaultStore
 
 log = logging.getLogger("kluis.agent")
 T = TypeVar("T")
@@ -103,28 +104,29 @@ class AgentVaultStore(VaultStore):
             retries=1,
             # The agent's client adds the proxy, the pinned certificate and the throttle.
             client=make_client(endpoint, cfg.token, buckets=buckets, timeout=transfer_timeout()),
-            raw_reads=_raw_reads(endpoint, cfg.token, buckets),
+            raw=_raw_transfers(endpoint, cfg.token, buckets),
         )
         self.endpoint = endpoint
 
 
-def _raw_reads(
+def _raw_transfers(
     endpoint: Endpoint, token: str, buckets: tuple[TokenBucket, TokenBucket] | None
-) -> RawReads | None:
-    """Pack reads over http.client (far less CPU under the interpreter lock than httpx).
+) -> RawTransfers | None:
+    """Pack reads and uploads over http.client (far less CPU under the interpreter lock than httpx).
 
-    Same pinned certificate, token and download limit as the agent's client. Not through a
-    proxy: those reads stay on httpx, which speaks to proxies.
+    Same pinned certificate, token and bandwidth limits as the agent's client. Not through
+    a proxy: those requests stay on httpx, which speaks to proxies.
     """
     if endpoint.effective_proxy() is not None:
         return None
-    return RawReads(
+    return RawTransfers(
         endpoint.url,
         {"Authorization": f"Bearer {token}", "User-Agent": USER_AGENT},
         timeout=transfer_timeout(),
         ssl_context=endpoint.ssl_context() if endpoint.https else None,
         check_peer=endpoint.check_pin if endpoint.https else None,
         before_body=buckets[1].consume if buckets else None,
+        pace=functools.partial(paced, buckets[0]) if buckets else None,
     )
 
 

@@ -95,6 +95,19 @@ class TokenBucket:
             time.sleep(wait)
 
 
+def paced(bucket: TokenBucket, chunk: bytes | memoryview) -> Iterator[bytes | memoryview]:
+    """``chunk`` whole while no limit applies, else in slices that each wait for their tokens."""
+    if bucket.unlimited():
+        # No limit now: a 16 MiB pack goes out in one write, not 256 slices.
+        yield chunk
+        return
+    view = memoryview(chunk)
+    for i in range(0, len(view), SLICE):
+        piece = view[i : i + SLICE]
+        bucket.consume(len(piece))
+        yield piece
+
+
 class _ThrottledStream(httpx.SyncByteStream):
     """A byte stream cut into slices that each wait for their tokens."""
 
@@ -104,15 +117,8 @@ class _ThrottledStream(httpx.SyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._inner:
-            if self._bucket.unlimited():
-                # No limit now: a 16 MiB pack goes out in one write, not 256 copied slices.
-                yield chunk
-                continue
-            view = memoryview(chunk)
-            for i in range(0, len(view), SLICE):
-                piece = view[i : i + SLICE]
-                self._bucket.consume(len(piece))
-                yield bytes(piece)
+            for piece in paced(self._bucket, chunk):
+                yield piece if isinstance(piece, bytes) else bytes(piece)
 
     def close(self) -> None:
         self._inner.close()
