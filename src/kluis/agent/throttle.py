@@ -12,6 +12,7 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import httpx
 
@@ -117,8 +118,8 @@ class _ThrottledStream(httpx.SyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._inner:
-            for piece in paced(self._bucket, chunk):
-                yield piece if isinstance(piece, bytes) else bytes(piece)
+            # h11 sends any buffer (and copies it once): views are not copied here first.
+            yield from cast("Iterator[bytes]", paced(self._bucket, chunk))
 
     def close(self) -> None:
         self._inner.close()

@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from kluis.catalog import KluisError
+from kluis.engine.packs import pack_buffer_size
 from kluis.vault import repo
 from kluis.vault.api.deps import bearer_token, get_ctx, get_principal, machine_self, principal_of
 from kluis.vault.auth import Principal
@@ -56,13 +57,13 @@ class _BufferPool:
         """A buffer of at least ``size`` bytes (contents are garbage), or None over the budget."""
         with self._lock:
             found = next((i for i, b in enumerate(self._free) if len(b) >= size), None)
-            need = len(self._free[found]) if found is not None else size
+            need = len(self._free[found]) if found is not None else pack_buffer_size(size)
             if self._in_use + need > self.budget:
                 return None
             self._in_use += need
             if found is not None:
                 return self._free.pop(found)
-        return bytearray(size)
+        return bytearray(need)
 
     def give(self, buf: bytearray) -> None:
         """Return a buffer; the smallest are dropped when more than ``keep`` wait."""
