@@ -119,6 +119,10 @@ class _Http:
         self.client.close()
 
 
+# What a request over http.client can fail with; the caller then asks again through httpx.
+_BROKEN = (OSError, http.client.HTTPException, KluisError)
+
+
 class RawTransfers:
     """Object reads and pack uploads over ``http.client``, one keep-alive connection per thread.
 
@@ -209,9 +213,7 @@ class RawTransfers:
             response = conn.getresponse()
             if response.status not in (200, 206):
                 response.read()  # leave the connection clean; the caller asks again
-                if response.will_close:
-                    self._drop()
-                self.declined += 1
+                self._settle(response, ok=False)
                 return None
             known = response.length
             if self.before_body is not None and known is not None:
@@ -219,13 +221,10 @@ class RawTransfers:
             body = response.read()
             if self.before_body is not None and known is None:
                 self.before_body(len(body))
-            if response.will_close:
-                self._drop()
-            self.served += 1
+            self._settle(response, ok=True)
             return body
-        except (OSError, http.client.HTTPException, KluisError):
-            self._drop()
-            self.declined += 1
+        except _BROKEN:
+            self._broken()
             return None
 
     def put(self, path: str, body: memoryview, headers: dict[str, str]) -> bool:
@@ -241,17 +240,25 @@ class RawTransfers:
                 conn.send(piece)
             response = conn.getresponse()
             response.read()  # the answer's small JSON; the connection stays clean
-            if response.will_close:
-                self._drop()
-            if response.status not in (200, 201):
-                self.declined += 1
-                return False
-            self.served += 1
-            return True
-        except (OSError, http.client.HTTPException, KluisError):
-            self._drop()
-            self.declined += 1
+            return self._settle(response, ok=response.status in (200, 201))
+        except _BROKEN:
+            self._broken()
             return False
+
+    def _settle(self, response: http.client.HTTPResponse, *, ok: bool) -> bool:
+        """Count a finished exchange, and drop a connection the vault is closing; returns ``ok``."""
+        if response.will_close:
+            self._drop()
+        if ok:
+            self.served += 1
+        else:
+            self.declined += 1
+        return ok
+
+    def _broken(self) -> None:
+        """A request that failed on the way: its connection is dropped, the caller asks again."""
+        self._drop()
+        self.declined += 1
 
     def close(self) -> None:
         """Close every thread's connection."""
@@ -270,11 +277,13 @@ def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
     sock = conn.sock
     if sock is None:
         return False  # not connected yet: http.client connects on the first request
+    # poll, not select: select refuses descriptors past 1024, which a busy agent may hold.
+    poller = select.poll()
     try:
-        ready, _, _ = select.select([sock], [], [], 0)
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(ready)
 
 
 class VaultStore(Store):
