@@ -359,24 +359,24 @@ class VaultStore(Store):
             if self.job_id:
                 params["job"] = self.job_id
         headers = {"Content-Type": "application/octet-stream"}
+        view = memoryview(data).cast("B")
         raw = self._raw
         # Packs are nearly all the bytes a backup sends (see RawTransfers).
         if (
             raw is not None
             and name.startswith("data/")
-            and len(data)
-            and raw.put(self._object(name), memoryview(data).cast("B"), headers)
+            and len(view)
+            and raw.put(self._object(name), view, headers)
         ):
             return
         content: bytes | list[bytes]
-        if isinstance(data, bytes) or not len(data):
+        if isinstance(data, bytes) or not len(view):
             content = bytes(data)
         else:
             # A caller's reused buffer goes out in slices, without a copy of the whole: h11
             # copies whatever piece it is handed, and a fresh 16 MiB copy (page faults and
             # all, under the interpreter lock) held every other thread of an agent up. A list,
             # not a generator, so that a retry can send it again.
-            view = memoryview(data).cast("B")
             # httpx types its iterables as bytes; it sends any buffer.
             content = cast(
                 "list[bytes]", [view[i : i + _SEND_SLICE] for i in range(0, len(view), _SEND_SLICE)]
