@@ -1,21 +1,16 @@
-"""Fast restore paths: direct creation, conflicts met at creation, metadata on descriptors, segments."""
+"""Fast restore paths: direct creation, conflicts met at creation, metadata on descriptors."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
 import subprocess
-import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from kluis.engine.backup import FileBackup
-from kluis.engine.format import pack_name
 from kluis.engine.restore import RestoreOptions, Restorer
-from kluis.engine.restore_io import SegmentReader
 from tests.engine.helpers import new_repo, reopen, snapshot_tree
 
 
@@ -116,78 +111,3 @@ def test_conflicts_with_links_and_files_in_the_way(tmp_path: Path, conflict: str
         assert os.stat(base / "hard.restored").st_ino == os.stat(base / "file.restored").st_ino
         assert (base / "hard").read_text() == "local hard"
     assert not [p for p in out.rglob("*") if p.name.startswith(".kluis-restore-")]
-
-
-def test_segment_reader_matches_direct_reads_under_concurrency(tmp_path: Path) -> None:
-    src = many_files(tmp_path)
-    repo = new_repo(tmp_path / "repo")
-    FileBackup(repo).run([src])
-    repo = reopen(repo)
-    entries = list(repo.index.entries())
-    reader = SegmentReader(repo.store, segment=256 * 1024, keep=3)
-    failures: list[str] = []
-
-    def worker(seed: int) -> None:
-        order = list(entries)
-        random.Random(seed).shuffle(order[: len(order) // 2])  # half random, half in pack order
-        for e in order:
-            want = repo.store.get(pack_name(e.pack), e.offset, e.length)
-            if bytes(reader.read(e)) != want:
-                failures.append(e.id.hex())
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    reader.close()
-    assert not failures
-
-
-class _CountingStore:
-    """Passes reads through to a store and remembers each (pack, offset, length)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.reads: list[tuple[str, int, int]] = []
-        self.lock = threading.Lock()
-
-    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
-        data: bytes = self.inner.get(name, offset, length)
-        with self.lock:
-            self.reads.append((name, offset, len(data)))
-        return data
-
-
-def test_segment_reader_reads_ahead_and_never_reads_a_byte_twice_in_order(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    rng = random.Random(3)
-    for i in range(400):  # small files: many blobs per segment, borders fall inside blobs
-        (src / f"f{i}").write_bytes(rng.randbytes(rng.randint(1_000, 40_000)))
-    repo = new_repo(tmp_path / "repo")
-    FileBackup(repo).run([src])
-    repo = reopen(repo)
-    entries = sorted(repo.index.entries(), key=lambda e: (e.pack, e.offset))
-    store = _CountingStore(repo.store)
-    reader = SegmentReader(store, segment=128 * 1024, keep=4)  # type: ignore[arg-type]
-    try:
-        for e in entries:
-            assert bytes(reader.read(e)) == repo.store.get(pack_name(e.pack), e.offset, e.length)
-    finally:
-        reader.close()
-    packs = {e.pack for e in entries}
-    read = sum(n for _, _, n in store.reads)
-    blob_bytes = sum(e.length for e in entries)
-    # In pack order every byte is read once: segments follow each other (read ahead), blobs on
-    # a border are joined from both sides. Past each pack's blobs only its table is read extra.
-    assert blob_bytes <= read <= blob_bytes + len(packs) * 128 * 1024
-    by_pack: dict[str, list[tuple[int, int]]] = {}
-    for name, offset, n in store.reads:
-        by_pack.setdefault(name, []).append((offset, n))
-    for spans in by_pack.values():
-        spans.sort()
-        for (a, n), (b, _) in itertools.pairwise(spans):
-            assert a + n <= b, "overlapping reads"
-        # After the first read, the rest came from the read-ahead: back to back.
-        assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(spans))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import resource
 import threading
 import time
 from collections import deque
@@ -26,11 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from kluis.catalog import KluisError, Severity
+from kluis.engine.format import IndexEntry
 from kluis.engine.metadata import apply_metadata_fd, has_default_acl
 from kluis.engine.progress import Progress, ProgressCallback, Throttle
 from kluis.engine.repository import Repository
 from kluis.engine.restore_entries import DIR_FLAGS, FileBatch, SpecialEntries, copy_names
-from kluis.engine.restore_io import SegmentReader
+from kluis.engine.restore_plan import PlannedReader, Ticket
 from kluis.engine.restore_select import Selection
 from kluis.engine.trees import (
     DIR,
@@ -47,6 +49,9 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # A worker gets up to this many files (or bytes) of one directory at a time.
 _BATCH_FILES = 32
 _BATCH_BYTES = 8 * 1024 * 1024
+# The walk plans reads this far (in stored bytes) ahead of the workers, if the batches in
+# flight allow: a folder of tiny files makes batches of a few KiB each.
+_LEAD = 32 * 1024 * 1024
 
 
 @dataclass
@@ -97,6 +102,12 @@ class RestoreResult:
         return {**self.__dict__, "status": self.status}
 
 
+def open_files_limit() -> int:
+    """The soft limit on open descriptors (each batch in flight holds one for its folder)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
 def safe_name(name: str) -> bool:
     """Whether a tree name can be created inside a directory without escaping it."""
     return bool(name) and name not in (".", "..") and "/" not in name and "\x00" not in name
@@ -144,8 +155,8 @@ class Restorer(SpecialEntries):
         self._final: dict[str, bytes] = {}  # rel path of a multiply-linked file -> name it got
         self._futures: deque[Future[None]] = deque()
         self._tmp_seq = itertools.count()
-        self._reader = SegmentReader(repo.store)
         self.threads = self.options.threads or restore_threads(repo.store)
+        self._batch_cap = max(self._min_in_flight, min(1024, open_files_limit() // 4))
         self.skipped = 0
         self.dirs = 0
 
@@ -183,8 +194,12 @@ class Restorer(SpecialEntries):
             raise KluisError("RestoreTargetInvalid", target=self.target, reason=exc.strerror) from None
         self._root_fd = root_fd
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="kluis-restore")
+        # One fetch thread reads ahead from a local disk; a remote store gets two, so that
+        # one round trip is always under way while the other's bytes are handed over.
+        self._reader = PlannedReader(self.repo.store, fetchers=2 if self.repo.store.remote else 1)
         try:
             self._restore_tree(root_fd, [], "", root_id, False, False, has_default_acl(root_fd))
+            self._reader.finish_planning()
             while self._futures:
                 self._futures.popleft().result()
             self._pool.shutdown(wait=True)
@@ -281,21 +296,40 @@ class Restorer(SpecialEntries):
             self._submit(dir_fd, batch, acl)
 
     def _submit(self, dir_fd: int, batch: FileBatch, acl: bool) -> Future[None]:
-        while len(self._futures) >= self._max_in_flight:
-            self._futures.popleft().result()
+        # The walk runs ahead of the workers by a number of batches (so that they have work
+        # queued when it reaches folders of many tiny files) and, past that, until the plan
+        # leads by _LEAD bytes (so that reads are planned and fetched before they are needed).
+        futures = self._futures
+        while futures and (
+            len(futures) >= self._batch_cap
+            or (len(futures) >= self._min_in_flight and self._reader.ahead >= _LEAD)
+        ):
+            futures.popleft().result()
+        ticket = self._reader.plan(self._blobs(batch))
         fd = os.dup(dir_fd)
         try:
-            future = self._pool.submit(self._write_batch, fd, batch.items, acl)
+            future = self._pool.submit(self._write_batch, fd, batch.items, acl, ticket)
         except BaseException:
             os.close(fd)
+            self._reader.release(ticket)
             raise
         self._futures.append(future)
         return future
 
+    def _blobs(self, batch: FileBatch) -> list[IndexEntry]:
+        """The index entries of a batch's blobs, in the order its worker reads them."""
+        get = self.repo.index.get
+        entries = []
+        for _name, _rel, node in batch.items:
+            for part in node.content or ():
+                if isinstance(part, str):
+                    entry = get(bytes.fromhex(part))
+                    if entry is not None:  # a missing blob is reported by the worker
+                        entries.append(entry)
+        return entries
+
     @property
-    def _max_in_flight(self) -> int:
-        # Deep enough that the walk can run ahead through folders of big files and the
-        # workers still have work queued when it reaches folders of many tiny ones.
+    def _min_in_flight(self) -> int:
         return 32 * self.threads
 
     # -- directories ----------------------------------------------------------------------
@@ -416,11 +450,13 @@ class Restorer(SpecialEntries):
 
     # -- files ----------------------------------------------------------------------------
 
-    def _write_batch(self, dir_fd: int, items: list[tuple[bytes, str, Node]], acl: bool) -> None:
+    def _write_batch(
+        self, dir_fd: int, items: list[tuple[bytes, str, Node]], acl: bool, ticket: Ticket
+    ) -> None:
         try:
             files = written = 0
             for name, rel, node in items:
-                n = self._write_file(dir_fd, name, rel, node, acl)
+                n = self._write_file(dir_fd, name, rel, node, acl, ticket)
                 if n is not None:
                     files += 1
                     written += n
@@ -428,6 +464,7 @@ class Restorer(SpecialEntries):
                 self.progress.files += files
                 self.progress.bytes += written
         finally:
+            self._reader.release(ticket)
             os.close(dir_fd)
 
     def _create(self, dir_fd: int, name: bytes, rel: str) -> tuple[int, bytes, bytes | None] | None:
@@ -460,7 +497,9 @@ class Restorer(SpecialEntries):
             self._fail_file(rel, exc.strerror or str(exc))
             return None
 
-    def _write_file(self, dir_fd: int, name: bytes, rel: str, node: Node, acl: bool) -> int | None:
+    def _write_file(
+        self, dir_fd: int, name: bytes, rel: str, node: Node, acl: bool, ticket: Ticket
+    ) -> int | None:
         """Write one file; returns its byte count, or None when it was not restored."""
         created = self._create(dir_fd, name, rel)
         if created is None:
@@ -468,7 +507,7 @@ class Restorer(SpecialEntries):
         fd, final, tmp = created
         made = tmp if tmp is not None else final
         try:
-            written = self._write_content(fd, node, rel)
+            written = self._write_content(fd, node, rel, ticket)
             problems = apply_metadata_fd(fd, node, owner=self.owner, clean=not acl)
         except (KluisError, OSError) as exc:
             os.close(fd)
@@ -499,7 +538,7 @@ class Restorer(SpecialEntries):
             self._fail_file(rel, "metadata: " + "; ".join(problems))
         return written
 
-    def _write_content(self, fd: int, node: Node, rel: str) -> int:
+    def _write_content(self, fd: int, node: Node, rel: str, ticket: Ticket) -> int:
         pos = 0
         index = self.repo.index
         codec = self.repo.codec()
@@ -517,7 +556,7 @@ class Restorer(SpecialEntries):
                 entry.id,
                 entry.type,
                 entry.flags,
-                self._reader.read(entry),
+                self._reader.read(entry, ticket),
                 entry.raw_length,
                 pack=entry.pack.hex(),
             )
