@@ -213,3 +213,21 @@ def test_restore_reads_each_stored_byte_once(tmp_path: Path) -> None:
     content = sum(e.length for e in repo.index.entries() if e.type == BlobType.DATA)
     trees = sum(e.length for e in repo.index.entries() if e.type != BlobType.DATA)
     assert content <= read <= content + trees
+
+
+def test_a_blob_read_more_often_than_planned_still_reads_right(tmp_path: Path) -> None:
+    repo = small_files_repo(tmp_path, count=20)
+    entries = sorted(repo.index.entries(), key=lambda e: (e.pack, e.offset))
+    reader = PlannedReader(repo.store, fetchers=1)
+    ticket = reader.plan(entries[:5])
+    reader.finish_planning()
+    try:
+        for e in entries[:5]:
+            assert bytes(reader.read(e, ticket)) == stored(repo, e)
+        # The planned reads are used up and their range is gone: a further read goes alone.
+        assert reader.held == 0
+        assert bytes(reader.read(entries[2], ticket)) == stored(repo, entries[2])
+        assert bytes(reader.read(entries[7], ticket)) == stored(repo, entries[7])  # never planned
+    finally:
+        reader.release(ticket)
+        reader.close()

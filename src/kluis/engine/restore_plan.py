@@ -175,6 +175,8 @@ class PlannedReader:
         key = (entry.pack, entry.offset)
         with self._cond:
             slot = ticket.reads.get(key) if ticket is not None else None
+            if slot is not None and slot.left == 0:
+                slot = None  # read more often than planned: its range may be gone already
             if slot is not None:
                 rng = slot.rng
                 if rng.state == _QUEUED:
