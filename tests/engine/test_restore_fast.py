@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
+from kluis.catalog import KluisError
 from kluis.engine.backup import FileBackup
 from kluis.engine.restore import RestoreOptions, Restorer
 from tests.engine.helpers import new_repo, reopen, snapshot_tree
@@ -111,3 +114,35 @@ def test_conflicts_with_links_and_files_in_the_way(tmp_path: Path, conflict: str
         assert os.stat(base / "hard.restored").st_ino == os.stat(base / "file.restored").st_ino
         assert (base / "hard").read_text() == "local hard"
     assert not [p for p in out.rglob("*") if p.name.startswith(".kluis-restore-")]
+
+
+def test_a_stopped_restore_closes_the_folders_of_batches_that_never_ran(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for d in range(12):
+        (src / f"d{d:02d}").mkdir(parents=True)
+        for f in range(3):
+            (src / f"d{d:02d}" / f"f{f}").write_bytes(os.urandom(2000))
+    repo = new_repo(tmp_path / "repo")
+    point = FileBackup(repo).run([src]).point_id
+    gate = threading.Event()
+    main_calls = itertools.count()
+
+    def should_stop() -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            gate.wait(10)  # the one worker holds its first file until the walk has stopped
+            return True
+        if next(main_calls) < 30:
+            return False
+        # The walk stops with batches queued behind the held one; they are cancelled, then
+        # the worker is let go.
+        threading.Timer(0.5, gate.set).start()
+        return True
+
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(KluisError) as info:
+        Restorer(
+            reopen(repo), point, tmp_path / "out", options=RestoreOptions(threads=1), should_stop=should_stop
+        ).run()
+    assert info.value.code == "OperationCancelled"
+    assert gate.is_set()
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -15,6 +15,7 @@ Hard links, symbolic links, devices and FIFOs are made in
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import resource
@@ -310,11 +311,22 @@ class Restorer(SpecialEntries):
         try:
             future = self._pool.submit(self._write_batch, fd, batch.items, acl, ticket)
         except BaseException:
-            os.close(fd)
-            self._reader.release(ticket)
+            self._abandon(fd, ticket)
             raise
+        future.add_done_callback(functools.partial(self._if_cancelled, fd, ticket))
         self._futures.append(future)
         return future
+
+    def _abandon(self, fd: int, ticket: Ticket) -> None:
+        """Close a batch's folder descriptor and drop its planned reads (it never ran)."""
+        os.close(fd)
+        self._reader.release(ticket)
+
+    def _if_cancelled(self, fd: int, ticket: Ticket, future: Future[None]) -> None:
+        # A batch cancelled before it ran (a restore stopping) does not close its descriptor
+        # itself; in the agent daemon up to a thousand would stay open per stopped restore.
+        if future.cancelled():
+            self._abandon(fd, ticket)
 
     def _blobs(self, batch: FileBatch) -> list[IndexEntry]:
         """The index entries of a batch's blobs, in the order its worker reads them."""
