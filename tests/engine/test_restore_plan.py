@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import threading
 import time
@@ -231,3 +232,23 @@ def test_a_blob_read_more_often_than_planned_still_reads_right(tmp_path: Path) -
     finally:
         reader.release(ticket)
         reader.close()
+
+
+def test_a_blob_missing_from_the_index_fails_its_file_only(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):
+        (src / f"f{i}").write_bytes(os.urandom(5000 + i))
+    repo = new_repo(tmp_path / "repo")
+    point = FileBackup(repo).run([src]).point_id
+    repo = reopen(repo)
+    missing = repo.codec().chunk_id((src / "f2").read_bytes())
+    del repo.index._entries[missing]  # as if its pack had been lost from the index
+    out = tmp_path / "out"
+    result = Restorer(repo, point, out).run()
+    codes = [w["code"] for w in result.warnings]
+    assert "RepoBlobMissing" in codes
+    got = out / str(src).lstrip("/")
+    assert sorted(p.name for p in got.iterdir()) == ["f0", "f1", "f3", "f4"]
+    for name in ("f0", "f1", "f3", "f4"):
+        assert (got / name).read_bytes() == (src / name).read_bytes()

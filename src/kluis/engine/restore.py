@@ -306,10 +306,11 @@ class Restorer(SpecialEntries):
             or (len(futures) >= self._min_in_flight and self._reader.ahead >= _LEAD)
         ):
             futures.popleft().result()
-        ticket = self._reader.plan(self._blobs(batch))
+        located = self._locate(batch)
+        ticket = self._reader.plan(e for entries in located for e in entries if e is not None)
         fd = os.dup(dir_fd)
         try:
-            future = self._pool.submit(self._write_batch, fd, batch.items, acl, ticket)
+            future = self._pool.submit(self._write_batch, fd, batch.items, located, acl, ticket)
         except BaseException:
             self._abandon(fd, ticket)
             raise
@@ -328,17 +329,17 @@ class Restorer(SpecialEntries):
         if future.cancelled():
             self._abandon(fd, ticket)
 
-    def _blobs(self, batch: FileBatch) -> list[IndexEntry]:
-        """The index entries of a batch's blobs, in the order its worker reads them."""
+    def _locate(self, batch: FileBatch) -> list[list[IndexEntry | None]]:
+        """Where each file's blobs lie, file by file in the order its worker reads them.
+
+        Looked up once, here, for the plan; the worker writes from the same entries (None:
+        the blob is not in the index, which the worker reports for its file).
+        """
         get = self.repo.index.get
-        entries = []
-        for _name, _rel, node in batch.items:
-            for part in node.content or ():
-                if isinstance(part, str):
-                    entry = get(bytes.fromhex(part))
-                    if entry is not None:  # a missing blob is reported by the worker
-                        entries.append(entry)
-        return entries
+        return [
+            [get(bytes.fromhex(part)) for part in node.content or () if isinstance(part, str)]
+            for _name, _rel, node in batch.items
+        ]
 
     @property
     def _min_in_flight(self) -> int:
@@ -463,12 +464,17 @@ class Restorer(SpecialEntries):
     # -- files ----------------------------------------------------------------------------
 
     def _write_batch(
-        self, dir_fd: int, items: list[tuple[bytes, str, Node]], acl: bool, ticket: Ticket
+        self,
+        dir_fd: int,
+        items: list[tuple[bytes, str, Node]],
+        located: list[list[IndexEntry | None]],
+        acl: bool,
+        ticket: Ticket,
     ) -> None:
         try:
             files = written = 0
-            for name, rel, node in items:
-                n = self._write_file(dir_fd, name, rel, node, acl, ticket)
+            for (name, rel, node), entries in zip(items, located, strict=True):
+                n = self._write_file(dir_fd, name, rel, node, entries, acl, ticket)
                 if n is not None:
                     files += 1
                     written += n
@@ -510,7 +516,14 @@ class Restorer(SpecialEntries):
             return None
 
     def _write_file(
-        self, dir_fd: int, name: bytes, rel: str, node: Node, acl: bool, ticket: Ticket
+        self,
+        dir_fd: int,
+        name: bytes,
+        rel: str,
+        node: Node,
+        entries: list[IndexEntry | None],
+        acl: bool,
+        ticket: Ticket,
     ) -> int | None:
         """Write one file; returns its byte count, or None when it was not restored."""
         created = self._create(dir_fd, name, rel)
@@ -519,7 +532,7 @@ class Restorer(SpecialEntries):
         fd, final, tmp = created
         made = tmp if tmp is not None else final
         try:
-            written = self._write_content(fd, node, rel, ticket)
+            written = self._write_content(fd, node, rel, entries, ticket)
             problems = apply_metadata_fd(fd, node, owner=self.owner, clean=not acl)
         except (KluisError, OSError) as exc:
             os.close(fd)
@@ -550,18 +563,19 @@ class Restorer(SpecialEntries):
             self._fail_file(rel, "metadata: " + "; ".join(problems))
         return written
 
-    def _write_content(self, fd: int, node: Node, rel: str, ticket: Ticket) -> int:
+    def _write_content(
+        self, fd: int, node: Node, rel: str, entries: list[IndexEntry | None], ticket: Ticket
+    ) -> int:
         pos = 0
-        index = self.repo.index
         codec = self.repo.codec()
+        located = iter(entries)  # one per blob part of the content, in order
         for part in node.content or ():
             if self._should_stop():
                 raise KluisError("OperationCancelled", operation="restore")
             if isinstance(part, int):
                 pos += part  # a hole: leave it unallocated
                 continue
-            blob_id = bytes.fromhex(part)
-            entry = index.get(blob_id)
+            entry = next(located)
             if entry is None:
                 raise KluisError("RepoBlobMissing", blob=part, where=f"/{rel}")
             data = codec.decode_view(
