@@ -59,7 +59,7 @@ from kluis.engine.trees import (
     Node,
     fs_name,
 )
-from kluis.engine.tuning import tune_allocator
+from kluis.engine.tuning import fewer_collections, tune_allocator
 
 __all__ = ["BackupOptions", "BackupResult", "ExclusionRules", "FileBackup", "file_node"]
 
@@ -328,6 +328,10 @@ class FileBackup(FolderFinishing):
     def run(self, paths: Sequence[str | os.PathLike[str]]) -> BackupResult:
         """Back up ``paths`` (files or directories) into one recovery point."""
         tune_allocator("backup")
+        with fewer_collections():
+            return self._run(paths)
+
+    def _run(self, paths: Sequence[str | os.PathLike[str]]) -> BackupResult:
         started = time.monotonic()
         if any(not os.fspath(p) for p in paths):
             # An empty name would mean the current folder: most likely an unset variable.

@@ -42,7 +42,7 @@ from kluis.engine.trees import (
     decode_tree,
     os_name,
 )
-from kluis.engine.tuning import tune_allocator
+from kluis.engine.tuning import fewer_collections, tune_allocator
 from kluis.stores import Store
 
 CONFLICT_MODES = ("overwrite", "skip", "copy")
@@ -185,6 +185,10 @@ class Restorer(SpecialEntries):
     def run(self) -> RestoreResult:
         """Restore the selected part of the point into the target."""
         tune_allocator()
+        with fewer_collections():
+            return self._run()
+
+    def _run(self) -> RestoreResult:
         started = time.monotonic()
         _header, manifest = self.repo.load_point(self.point_id)
         root_id = bytes.fromhex(str(manifest["root"]))

@@ -1,4 +1,4 @@
-"""Process-wide allocator tuning for the hot paths.
+"""Process-wide allocator and garbage-collector tuning for the hot paths.
 
 glibc serves allocations above its mmap threshold with fresh mappings, which the
 kernel must zero-fill page by page. Two profiles:
@@ -26,9 +26,13 @@ created after it, so it is applied before a job starts its threads.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import gc
 import os
+import threading
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -68,3 +72,48 @@ def tune_allocator(profile: str = "default") -> bool:
     ok = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold))
     ok = bool(mallopt(_M_ARENA_MAX, 1)) and ok
     return bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold)) and ok
+
+
+# While a job runs: a young generation ten times CPython's default (700), and full
+# collections rarer. Measured on one cold restore of /usr/lib + /usr/share (direct, 112k
+# files): 982 collections and 1.0 s with the interpreter lock held by default; 165 and
+# 0.35 to 0.39 s with these and the freeze.
+_GC_THRESHOLD = (7_000, 20, 20)
+_gc_lock = threading.Lock()
+_gc_jobs = 0
+_gc_saved: tuple[int, int, int] | None = None
+_gc_froze = False
+
+
+@contextlib.contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Run a job with fewer and cheaper cyclic garbage collections.
+
+    A restore's walk makes hundreds of thousands of short-lived objects (listing nodes,
+    index entries, futures). With CPython's default thresholds the collector ran every 700
+    allocations, and each full collection walked every object the process held, with the
+    interpreter lock held and the restore's workers waiting. Objects that exist when the
+    job starts are frozen (never examined again) and thawed when it ends, so garbage from
+    before is still collected later; the collector's thresholds are raised while any job
+    runs. Jobs may overlap in the agent: the last one out puts both back. A process that
+    froze objects itself (the vault server) keeps its own freeze: thawing would undo it.
+    """
+    global _gc_jobs, _gc_saved, _gc_froze
+    with _gc_lock:
+        if _gc_jobs == 0:
+            _gc_saved = gc.get_threshold()  # type: ignore[assignment]
+            _gc_froze = gc.get_freeze_count() == 0
+            if _gc_froze:
+                gc.freeze()
+            gc.set_threshold(*_GC_THRESHOLD)
+        _gc_jobs += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_jobs -= 1
+            if _gc_jobs == 0:
+                if _gc_saved is not None:
+                    gc.set_threshold(*_gc_saved)
+                if _gc_froze:
+                    gc.unfreeze()
