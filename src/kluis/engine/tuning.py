@@ -75,7 +75,7 @@ def tune_allocator(profile: str = "default") -> bool:
 
 
 # While a job runs: a young generation ten times CPython's default (700), and full
-# collections rarer. Measured on one cold restore of /usr/lib + /usr/share (direct, 112k
+# collections rarer. Measured on one cold restore of /usr/lib + /usr/share (direct, 106k
 # files): 982 collections and 1.0 s with the interpreter lock held by default; 165 and
 # 0.35 to 0.39 s with these and the freeze.
 _GC_THRESHOLD = (7_000, 20, 20)
