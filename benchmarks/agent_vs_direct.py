@@ -247,14 +247,7 @@ class ViaVault:
         self.register_seconds = round(time.monotonic() - t0, 2)
         self.machine_id = json.loads(done.stdout)["machine_id"]
         self.agent_log = (self.base / "agent.log").open("ab")
-        self.agent = subprocess.Popen(
-            [
-                *nice_prefix(NICE["value"]),
-                *(str(KLUIS), "agent", "run", "--config-dir", str(self.agent_dir), "--log-level", "info"),
-            ],
-            stdout=self.agent_log,
-            stderr=subprocess.STDOUT,
-        )
+        self.start_agent()
         policy = {
             "name": "bench",
             "schedule": {"kind": "daily", "timezone": "UTC", "times": ["23:59"]},
@@ -269,6 +262,18 @@ class ViaVault:
             "policy": "bench",
         }
         self.item_id = _check(self.http.post("/items", json=body), "protect")["id"]
+
+    def start_agent(self, env: dict[str, str] | None = None) -> None:
+        """The registered agent's daemon (``env``: its environment, default this one's)."""
+        self.agent = subprocess.Popen(
+            [
+                *nice_prefix(NICE["value"]),
+                *(str(KLUIS), "agent", "run", "--config-dir", str(self.agent_dir), "--log-level", "info"),
+            ],
+            stdout=self.agent_log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
     def wait_job(self, job_id: str, timeout: float) -> dict[str, Any]:
         assert self.http is not None and self.agent is not None

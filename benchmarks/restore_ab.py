@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ sys.path.insert(0, str(HERE))
 
 import agent_vs_direct as avd  # noqa: E402
 from bench_corpus import scan, warm_up  # noqa: E402
-from vault_bench_support import BENCH_DATA, KLUIS  # noqa: E402
+from vault_bench_support import BENCH_DATA  # noqa: E402
 
 OUT = BENCH_DATA / "restore-ab"
 
@@ -100,12 +99,7 @@ def _restart_agent(via: avd.ViaVault, pythonpath: str) -> None:
     assert via.agent is not None
     via.agent.send_signal(signal.SIGTERM)
     via.agent.wait(30)
-    via.agent = subprocess.Popen(
-        [str(KLUIS), "agent", "run", "--config-dir", str(via.agent_dir), "--log-level", "info"],
-        stdout=via.agent_log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": pythonpath},
-    )
+    via.start_agent({**os.environ, "PYTHONPATH": pythonpath})
     time.sleep(3)  # its first long poll: the job must not wait for the next one
 
 
