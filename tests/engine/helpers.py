@@ -23,6 +23,14 @@ def reopen(repo: Repository) -> Repository:
     return Repository.open(repo.store, passphrase=PASSPHRASE)
 
 
+def folders_of_random_files(root: Path, folders: int, files: int, size: int) -> None:
+    """Folders ``root/d0``, ``d1``... each with ``files`` files ``f0``, ``f1``... of ``size`` random bytes."""
+    for d in range(folders):
+        (root / f"d{d}").mkdir(parents=True)
+        for f in range(files):
+            (root / f"d{d}" / f"f{f}").write_bytes(os.urandom(size))
+
+
 def snapshot_tree(root: Path, *, times: bool = True) -> dict[str, tuple[object, ...]]:
     """Everything a restore must reproduce: type, mode, owner, size, content, link target, xattrs."""
     out: dict[str, tuple[object, ...]] = {}

@@ -14,7 +14,7 @@ import pytest
 from kluis.catalog import KluisError
 from kluis.engine.backup import FileBackup
 from kluis.engine.restore import RestoreOptions, Restorer
-from tests.engine.helpers import new_repo, reopen, snapshot_tree
+from tests.engine.helpers import folders_of_random_files, new_repo, reopen, snapshot_tree
 
 
 def many_files(root: Path) -> Path:
@@ -118,10 +118,7 @@ def test_conflicts_with_links_and_files_in_the_way(tmp_path: Path, conflict: str
 
 def test_a_stopped_restore_closes_the_folders_of_batches_that_never_ran(tmp_path: Path) -> None:
     src = tmp_path / "src"
-    for d in range(12):
-        (src / f"d{d:02d}").mkdir(parents=True)
-        for f in range(3):
-            (src / f"d{d:02d}" / f"f{f}").write_bytes(os.urandom(2000))
+    folders_of_random_files(src, 12, 3, 2000)
     repo = new_repo(tmp_path / "repo")
     point = FileBackup(repo).run([src]).point_id
     gate = threading.Event()

@@ -14,7 +14,7 @@ from kluis.engine.format import BlobType
 from kluis.engine.repository import Repository
 from kluis.engine.restore import RestoreOptions, Restorer
 from kluis.engine.trees import Node, encode_tree
-from tests.engine.helpers import new_repo, reopen
+from tests.engine.helpers import folders_of_random_files, new_repo, reopen
 
 
 def forge_point(repo: Repository, nodes: list[Node]) -> str:
@@ -97,10 +97,7 @@ def test_hostile_names_and_symlink_tricks(tmp_path: Path, conflict: str) -> None
 def test_symlink_swapped_in_during_restore(tmp_path: Path) -> None:
     """Another process keeps replacing restored directories with links to outside; nothing leaks."""
     src = tmp_path / "src"
-    for d in range(30):
-        (src / f"d{d}").mkdir(parents=True)
-        for f in range(40):
-            (src / f"d{d}" / f"f{f}").write_bytes(os.urandom(2000))
+    folders_of_random_files(src, 30, 40, 2000)
     repo = new_repo(tmp_path / "repo")
     point = FileBackup(repo).run([src]).point_id
     outside = tmp_path / "outside"
