@@ -11,7 +11,7 @@ import socket
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from kluis.catalog import KluisError
 from kluis.engine.format import (
@@ -113,6 +113,23 @@ def test_pack_uploaded_without_a_length_is_spooled_and_checked(vault: VaultServe
     assert indexed.status_code == 200 and indexed.json()["created"] is True
     empty = agent.call("PUT", base + "config", content=(b"" for _ in range(1)))
     assert empty.status_code == 422 and empty.json()["code"] == "RepoUploadRejected"
+
+
+def test_pack_stored_but_not_recorded_is_not_reported_as_held(vault: VaultServer, agent: Agent) -> None:
+    pid, pack, entries = make_pack()
+    assert agent.put(pack_name(pid), pack).status_code == 200
+    # As if the vault stopped between storing the pack and recording it: the file is there,
+    # the row is not. Asked before a re-send, the vault must say it lacks the pack.
+    with vault.db.write() as s:
+        s.execute(delete(Pack).where(Pack.machine_id == agent.machine_id, Pack.pack_id == pid))
+    with pytest.raises(KluisError) as info:
+        agent.store().stat(pack_name(pid))
+    assert info.value.code == "StoreObjectNotFound"
+    again = agent.put(pack_name(pid), pack)
+    assert again.status_code == 200 and again.json()["created"] is True
+    assert agent.store().stat(pack_name(pid)).size == len(pack)
+    name, data = make_index(entries)
+    assert agent.put(name, data).status_code == 200
 
 
 def test_index_naming_a_missing_pack_is_refused(vault: VaultServer, agent: Agent) -> None:

@@ -242,8 +242,19 @@ class RepoService:
         return names[:limit]
 
     def stat(self, machine_id: str, name: str) -> ObjectInfo:
-        """Size of an object."""
-        classify(name)
+        """Size of an object; a pack only once the vault has recorded it.
+
+        A pack is stored first and recorded second. A vault stopped in between leaves the
+        file without its row; an agent that asked before re-sending it would be told the
+        pack is held, skip it, and have its index refused for naming a pack the vault
+        does not hold. Until the upload is recorded, the pack is not there.
+        """
+        kind, ident = classify(name)
+        if kind == "data":
+            with self.ctx.db.read() as s:
+                row = s.get(Pack, (machine_id, bytes.fromhex(ident)))
+            if row is None or row.deleted_at is not None:
+                raise self.not_found(name)
         try:
             info = self.store.stat(self.full(machine_id, name))
         except KluisError as exc:
