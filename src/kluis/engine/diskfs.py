@@ -2,10 +2,11 @@
 
 Three layers, all read-only:
 
-1. :class:`DiskImageFS`, a FUSE file system with one regular file per disk of the
-   point, backed by :class:`~kluis.engine.disk_restore.DiskImageReader` (blocks are
-   fetched on demand). It is mounted in a private helper directory under
-   ``/run/kluis/disk-mounts`` (``KLUIS_RUN_DIR`` overrides ``/run/kluis``).
+1. :class:`~kluis.engine.disk_image_fs.DiskImageFS`, a FUSE file system with one
+   regular file per disk of the point, backed by
+   :class:`~kluis.engine.disk_restore.DiskImageReader` (blocks are fetched on demand).
+   It is mounted in a private helper directory under ``/run/kluis/disk-mounts``
+   (``KLUIS_RUN_DIR`` overrides ``/run/kluis``).
 2. Each image is attached to a read-only loop device (``losetup -r -f --show -P``).
    Partitions are read with ``partx``; one the kernel shows no node for gets a loop
    device of its own at its offset.
@@ -25,7 +26,6 @@ file or working directory below ``DIR``. Needs root (loop devices and mounts).
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -45,14 +45,13 @@ import pyfuse3
 import trio
 
 from kluis.catalog import KluisError
-from kluis.engine.disk_restore import DiskImageReader
+from kluis.engine.disk_image_fs import DiskImageFS, mount_failed
 from kluis.engine.fusefs import DEFAULT_IDLE_TIMEOUT, check_mountpoint
 from kluis.engine.repository import Repository
 
 log = logging.getLogger("kluis.mount")
 
 TOOLS = ("losetup", "partx", "blkid", "mount", "umount")
-_ATTR_TIMEOUT = 3600.0
 _COMMAND_TIMEOUT = 60.0
 # Options per file system type: never write, never replay a journal, tolerate a second
 # copy of a file system (same UUID) mounted on this host.
@@ -64,135 +63,6 @@ _OPTIONS: dict[str, list[str]] = {
     "btrfs": ["ro", "ro,rescue=all"],
 }
 _NOT_MOUNTABLE = {"swap", "LVM2_member", "crypto_LUKS", "linux_raid_member", "zfs_member", "bcache"}
-
-
-def _fail(point: str, mountpoint: str, reason: str) -> KluisError:
-    return KluisError("RecoveryMountFailed", point=point, mountpoint=mountpoint, reason=reason)
-
-
-# -- the FUSE view of the disk images --------------------------------------------------
-
-
-class DiskImageFS(pyfuse3.Operations):
-    """A directory with one read-only regular file per disk of a disk recovery point."""
-
-    supports_dot_lookup = True
-    enable_writeback_cache = False
-
-    def __init__(self, repo: Repository, point_id: str, *, threads: int = 4) -> None:
-        super().__init__()
-        header, manifest = repo.load_point(point_id)
-        if manifest.get("type") != "disk":
-            raise _fail(point_id, "-", f"it is a {header.get('kind', '?')} recovery point, not a disk point")
-        self.point_id = point_id
-        self.header = header
-        self.readers: dict[int, DiskImageReader] = {}
-        self.names: dict[bytes, int] = {}
-        for i, disk in enumerate(manifest.get("disks") or [], start=pyfuse3.ROOT_INODE + 1):
-            name = str(disk["name"])
-            self.readers[i] = DiskImageReader(repo, point_id, name)
-            self.names[name.encode()] = i
-        self._limiter = trio.CapacityLimiter(max(1, threads))
-        self._mtime_ns = time.time_ns()
-        self.last_activity = time.monotonic()
-        self.requests = 0
-
-    def _touch(self) -> None:
-        self.last_activity = time.monotonic()
-        self.requests += 1
-
-    def _attributes(self, ino: int) -> pyfuse3.EntryAttributes:
-        attr = pyfuse3.EntryAttributes()
-        attr.st_ino = ino
-        attr.entry_timeout = attr.attr_timeout = _ATTR_TIMEOUT
-        if ino == pyfuse3.ROOT_INODE:
-            attr.st_mode = stat.S_IFDIR | 0o500
-            attr.st_nlink = 2
-            size = 0
-        elif ino in self.readers:
-            attr.st_mode = stat.S_IFREG | 0o400
-            attr.st_nlink = 1
-            size = self.readers[ino].size
-        else:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        attr.st_size = size
-        attr.st_blksize = 128 * 1024
-        attr.st_blocks = (size + 511) // 512
-        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = self._mtime_ns
-        return attr
-
-    async def lookup(
-        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        """A disk by name in the root directory."""
-        self._touch()
-        if parent_inode != pyfuse3.ROOT_INODE:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if name in (b".", b".."):
-            return self._attributes(pyfuse3.ROOT_INODE)
-        ino = self.names.get(bytes(name))
-        if ino is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        return self._attributes(ino)
-
-    async def getattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        """Metadata of the root or of a disk image."""
-        self._touch()
-        return self._attributes(inode)
-
-    async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
-        """Only the root is a directory."""
-        self._touch()
-        if inode != pyfuse3.ROOT_INODE:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return pyfuse3.FileHandleT(inode)
-
-    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        """The disk images, by name."""
-        self._touch()
-        entries = sorted(self.names.items())
-        for position, (name, ino) in enumerate(entries[start_id:], start_id + 1):
-            if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), self._attributes(ino), position):
-                break
-
-    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
-        """Nothing to release."""
-
-    async def open(self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        """Open a disk image for reading; the inode is the handle."""
-        self._touch()
-        if inode not in self.readers:
-            raise pyfuse3.FUSEError(errno.EISDIR if inode == pyfuse3.ROOT_INODE else errno.ENOENT)
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-            raise pyfuse3.FUSEError(errno.EROFS)
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(inode), keep_cache=True)
-
-    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
-        """Bytes of a disk image, its blocks loaded in a worker thread."""
-        self._touch()
-        reader = self.readers.get(fh)
-        if reader is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        try:
-            data: bytes = await trio.to_thread.run_sync(reader.read, off, size, limiter=self._limiter)
-        except KluisError as exc:
-            log.error("%s: %s", exc.code, exc.message)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        self.last_activity = time.monotonic()
-        return data
-
-    async def release(self, fh: pyfuse3.FileHandleT) -> None:
-        """Nothing to release."""
-
-    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        """The disks' total size; nothing is free."""
-        self._touch()
-        data = pyfuse3.StatvfsData()
-        data.f_bsize = data.f_frsize = 4096
-        data.f_blocks = sum(r.size for r in self.readers.values()) // 4096
-        data.f_files = len(self.readers) + 1
-        data.f_namemax = 255
-        return data
 
 
 # -- loop devices and mounts -----------------------------------------------------------
@@ -218,7 +88,7 @@ class DiskSession:
 
     def warn(self, where: str, reason: str) -> None:
         """A file system that stays unmounted: logged and reported, the rest goes on."""
-        message = _fail(self.point_id, where, reason)
+        message = mount_failed(self.point_id, where, reason)
         log.warning("%s: %s", message.code, message.message)
         self.warnings.append({"code": message.code, "where": where, "reason": reason})
 
@@ -233,7 +103,9 @@ class DiskSession:
         argv += ["-o", str(offset), "--sizelimit", str(size)] if size else ["-P"]
         done = _run(*argv, str(image))
         if done.returncode != 0:
-            raise _fail(self.point_id, self.mountpoint, f"losetup: {done.stderr.strip() or done.returncode}")
+            raise mount_failed(
+                self.point_id, self.mountpoint, f"losetup: {done.stderr.strip() or done.returncode}"
+            )
         device = done.stdout.strip()
         self.loops.append(device)
         return device
@@ -254,7 +126,7 @@ class DiskSession:
                 self._mount(node, base / f"part{number}", f"{disk}/part{number}", whole_disk=False)
         if not self.mounts:
             found = "; ".join(f"{w['where']}: {w['reason']}" for w in self.warnings) or "no disks"
-            raise _fail(
+            raise mount_failed(
                 self.point_id, self.mountpoint, f"no file system of its disks could be mounted ({found})"
             )
 
@@ -418,14 +290,14 @@ def stop_session(mountpoint: str, timeout: float = 60.0) -> None:
     path = session_file(mountpoint)
     info = find_session(mountpoint)
     if info is None:
-        raise _fail("-", mountpoint, "no disk recovery point is mounted there")
+        raise mount_failed("-", mountpoint, "no disk recovery point is mounted there")
     pid = int(info.get("pid", 0))
     if pid and _alive(pid):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while path.exists() and _alive(pid):
             if time.monotonic() > deadline:
-                raise _fail(
+                raise mount_failed(
                     str(info.get("point", "-")), mountpoint, f"process {pid} did not finish unmounting"
                 )
             time.sleep(0.05)
@@ -479,14 +351,14 @@ def _record(session: DiskSession) -> Path:
 def check_disk_mount(point_id: str, mountpoint: str) -> None:
     """RecoveryMountFailed unless this process can make loop devices and mounts."""
     if os.geteuid() != 0:
-        raise _fail(
+        raise mount_failed(
             point_id, mountpoint, "mounting the file systems of a disk point needs root (loop devices)"
         )
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
-        raise _fail(point_id, mountpoint, f"missing tools: {', '.join(missing)}")
+        raise mount_failed(point_id, mountpoint, f"missing tools: {', '.join(missing)}")
     if not os.path.exists("/dev/loop-control"):
-        raise _fail(point_id, mountpoint, "this kernel has no loop device support")
+        raise mount_failed(point_id, mountpoint, "this kernel has no loop device support")
 
 
 def serve_disks(
@@ -507,7 +379,7 @@ def serve_disks(
     fs = DiskImageFS(repo, point_id)
     existing = find_session(mountpoint)
     if existing is not None and _alive(int(existing.get("pid", 0))):
-        raise _fail(point_id, mountpoint, f"process {existing.get('pid')} serves a disk mount there")
+        raise mount_failed(point_id, mountpoint, f"process {existing.get('pid')} serves a disk mount there")
     base = run_dir()
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
     helper = Path(tempfile.mkdtemp(prefix="kluis-disks-", dir=base))
@@ -520,7 +392,9 @@ def serve_disks(
         pyfuse3.init(fs, str(images), options)
     except (RuntimeError, OSError) as exc:
         shutil.rmtree(helper, ignore_errors=True)
-        raise _fail(point_id, mountpoint, f"the helper FUSE mount failed: {exc or 'refused'}") from None
+        raise mount_failed(
+            point_id, mountpoint, f"the helper FUSE mount failed: {exc or 'refused'}"
+        ) from None
     record: list[Path] = []
     try:
         trio.run(_run_session, fs, session, idle_timeout, on_ready, record)

@@ -29,8 +29,7 @@ def render_mapping() -> str:
     lines = [
         "# Seed conditions and the catalog",
         "",
-        "Generated from `src/kluis/catalog/seedmap.py` by `python -m kluis.catalog.docs`; do not edit"
-        " by hand.",
+        "Generated from `src/kluis/catalog/seedmap/` by `python -m kluis.catalog.docs`; do not edit by hand.",
         "",
         "Every error condition in the five source documents, the catalog code that covers it, and"
         " what it becomes on Linux where the source describes something specific to Windows or"
