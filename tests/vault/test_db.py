@@ -88,3 +88,22 @@ def test_sqlite_writers_leave_checkpoints_to_the_checkpoint_thread(
     finally:
         db.dispose()
     assert db._checkpointer is not None and not db._checkpointer.is_alive()
+
+
+def test_sqlite_writes_reuse_the_last_connection_and_its_large_cache(tmp_path: Path) -> None:
+    # An index file's blob rows land at random places in the b-trees: the write connection
+    # keeps a large page cache, and writes take the connection used last, whose cache is
+    # still valid (with a first-in-first-out pool they rotated through cold connections).
+    db = Database(f"sqlite:///{tmp_path / 'v.db'}")
+    try:
+        first, second = db.engine.connect(), db.engine.connect()
+        first_raw = first.connection.dbapi_connection
+        second.close()
+        first.close()  # returned last
+        with db.write() as s:
+            assert s.connection().connection.dbapi_connection is first_raw
+            assert s.execute(text("PRAGMA cache_size")).scalar() == -session.SQLITE_WRITE_CACHE_KIB
+        with db.read() as s:
+            assert s.execute(text("PRAGMA cache_size")).scalar() == -2000  # SQLite's default
+    finally:
+        db.dispose()
