@@ -210,6 +210,12 @@ def upsert_blobs(session: Session, rows: list[dict[str, Any]]) -> None:
         conn.exec_driver_sql(sql, params[i : i + _UPSERT_BATCH])
 
 
+def live_pack(session: Session, machine_id: str, pack_id: bytes) -> Pack | None:
+    """The pack's row while the vault holds the pack (recorded and not deleted), else None."""
+    row = session.get(Pack, (machine_id, pack_id))
+    return row if row is not None and row.deleted_at is None else None
+
+
 def refuse_while_sweeping(session: Session, machine_id: str, what: str) -> None:
     """RepoMaintenanceInProgress while GC sweeps the machine's repository (locks its GC row)."""
     gc = session.scalar(select(GcState).where(GcState.machine_id == machine_id).with_for_update())
@@ -256,9 +262,8 @@ class RepoService:
         kind, ident = classify(name)
         if kind == "data":
             with self.ctx.db.read() as s:
-                row = s.get(Pack, (machine_id, bytes.fromhex(ident)))
-            if row is None or row.deleted_at is not None:
-                raise self.not_found(name)
+                if live_pack(s, machine_id, bytes.fromhex(ident)) is None:
+                    raise self.not_found(name)
         try:
             info = self.store.stat(self.full(machine_id, name))
         except KluisError as exc:
@@ -368,11 +373,8 @@ class RepoService:
             raise KluisError("RepoUploadRejected", name=up.name, reason=exc.message) from None
         pack_id = bytes.fromhex(pack_hex)
         with self.ctx.db.read() as s:
-            row = s.get(Pack, (machine_id, pack_id))
-            if (
-                row is not None
-                and row.deleted_at is None
-                and self.store.exists(self.full(machine_id, up.name))
+            if live_pack(s, machine_id, pack_id) is not None and self.store.exists(
+                self.full(machine_id, up.name)
             ):
                 return False  # a retried upload: already held
         # Store first, record second: the store write is the slow part and must not hold
@@ -402,13 +404,11 @@ class RepoService:
             existing = s.get(IndexFile, (machine_id, index_hex))
             if existing is not None and existing.deleted_at is None:
                 return False
-            packs: dict[bytes, Pack | None] = {}
-            for pid in {e[1] for e in entries}:
-                packs[pid] = s.get(Pack, (machine_id, pid))
+            packs = {pid: live_pack(s, machine_id, pid) for pid in {e[1] for e in entries}}
             rows = []
             for blob_id, pack_id, btype, _flags, offset, length, raw_length in entries:
                 pack = packs[pack_id]
-                if pack is None or pack.deleted_at is not None:
+                if pack is None:
                     reason = f"it names pack {_hexid(pack_id)}, which the vault does not hold"
                     raise KluisError("RepoUploadRejected", name=up.name, reason=reason)
                 if offset + length > pack.size:
