@@ -23,9 +23,9 @@ def workdir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def vault(workdir: Path) -> Iterator[VaultServer]:
-    """One vault process for the module."""
-    server = start_vault(workdir)
+def vault(request: pytest.FixtureRequest, workdir: Path) -> Iterator[VaultServer]:
+    """One vault process for the module (with the module's ``VAULT_OVERRIDES``)."""
+    server = start_vault(workdir, **getattr(request.module, "VAULT_OVERRIDES", {}))
     try:
         yield server
     finally:

@@ -9,26 +9,13 @@ for it (about a minute).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.agent.helpers import AgentProc, VaultServer, make_tree, start_vault, wait_for
+from tests.agent.helpers import AgentProc, VaultServer, make_tree, wait_for
 
 LEAD = 15  # seconds: time to create the policy and the item before the run
-
-
-@pytest.fixture(scope="module")
-def vault(workdir: Path) -> Iterator[VaultServer]:
-    """A vault whose scheduled jobs start on the minute (no spread)."""
-    server = start_vault(workdir, name="schedvault", schedule_spread=0)
-    try:
-        yield server
-    finally:
-        server.kill()
-        server.close()
+VAULT_OVERRIDES = {"schedule_spread": 0}  # scheduled jobs start on the minute
 
 
 def _next_minute(lead: float) -> dt.datetime:
