@@ -360,7 +360,8 @@ class ViaVault:
             cold=True,
         )
 
-    def stop(self) -> None:
+    def stop_agent(self) -> None:
+        """Stop the agent's daemon (SIGTERM, then SIGKILL after 30 s)."""
         if self.agent is not None and self.agent.poll() is None:
             self.agent.send_signal(signal.SIGTERM)
             try:
@@ -369,6 +370,9 @@ class ViaVault:
                 self.agent.kill()
                 self.agent.wait(10)
         self.agent = None
+
+    def stop(self) -> None:
+        self.stop_agent()
         if self.agent_log is not None:
             self.agent_log.close()
             self.agent_log = None

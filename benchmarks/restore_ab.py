@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
 import time
@@ -96,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _restart_agent(via: avd.ViaVault, pythonpath: str) -> None:
     """The same registered agent, started again with other code."""
-    assert via.agent is not None
-    via.agent.send_signal(signal.SIGTERM)
-    via.agent.wait(30)
+    via.stop_agent()
     via.start_agent({**os.environ, "PYTHONPATH": pythonpath})
     time.sleep(3)  # its first long poll: the job must not wait for the next one
 
